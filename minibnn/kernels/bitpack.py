@@ -1,0 +1,212 @@
+"""Bit packing: the one place where minibnn's binary conventions are written down.
+
+Binary conventions (every other docstring links here)
+-----------------------------------------------------
+1. **sign(0) = +1.**  ``sign(x) = +1 if x >= 0 else -1``; ``-0.0`` counts as 0, so +1.
+   NaN has no sign: :func:`pack` rejects it with ``ValueError``.
+2. **Bit value 1 means +1, bit value 0 means -1.**  A packed bit is ``x >= 0``.
+3. **Bit order along K is LSB first.**  Element ``k`` of the last axis goes to word
+   ``k // 64``, bit ``k % 64`` (bit 0 is the least significant).  On a little-endian
+   machine this is the byte layout of ``np.packbits(..., bitorder="little")``, and a
+   ``uint64`` array viewed as ``uint32`` puts element ``k`` in 32-bit word ``k // 32``,
+   bit ``k % 32`` -- the CUDA kernels rely on that to read the same buffer as 32-bit words.
+4. **Padding bits are zero.**  A row of K signs uses ``W = ceil(K / 64)`` words; the
+   ``64 * W - K`` unused high bits of the last word are 0 in every packed operand.
+5. **How the popcount stays exact.**  For two +-1 vectors ``a, b`` of length K,
+   ``a . b = (#equal) - (#different) = K - 2 * popcount(a_bits XOR b_bits)``.
+   Padding bits are 0 in both operands, so their XOR is 0 and they add nothing to the
+   popcount: the formula holds with the *logical* K, not ``64 * W``.
+6. **Zero padding of a binary convolution input.**  A zero-padded border adds a third
+   value, 0, to a +-1 input; a bit cannot hold it.  ``binary_conv2d`` must equal the float
+   cross-correlation of sign(x) and sign(w) with zeros at the border, so the packed path
+   packs border pixels as +1 (bit 1) and then subtracts, per output position and filter,
+   the sum of sign(w) over the taps that fell on the border
+   (``corr[oh, ow, f] = sum_{padded (kh, kw)} sum_c sign(w[f, c, kh, kw])``).
+   The result is exact; see :func:`minibnn.kernels.cpu.binary_conv2d`.
+
+Shapes: ``x: (..., K)`` real -> ``words: (..., W) uint64`` with ``W = ceil(K / 64)``.
+
+References: Hubara et al., "Binarized Neural Networks", NIPS 2016, Sec. 1.1 (sign) and
+Sec. 3 (XNOR-popcount).
+"""
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+WORD_BITS = 64
+
+
+def n_words(k):
+    """Number of uint64 words holding ``k`` bits: ``ceil(k / 64)``."""
+    return (int(k) + WORD_BITS - 1) // WORD_BITS
+
+
+# ---------------------------------------------------------------------------
+# LLVM intrinsics.  Numba has no popcount and does not vectorize the
+# "compare 64 floats, gather the 64 results into one word" idiom, so both are
+# written as LLVM IR: the compare lowers to vcmpps into a mask register.
+# ---------------------------------------------------------------------------
+
+@intrinsic
+def popcount64(typingctx, x):
+    """popcount of a uint64 (``llvm.ctpop.i64``), returned as int64."""
+    if not isinstance(x, types.Integer):
+        return None
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        (val,) = args
+        i64 = ir.IntType(64)
+        val = builder.zext(val, i64) if val.type.width < 64 else val
+        fn = builder.module.declare_intrinsic("llvm.ctpop", [i64])
+        return builder.call(fn, [val])
+
+    return sig, codegen
+
+
+@intrinsic
+def _sign_bits64(typingctx, arr, offset):
+    """Pack 64 consecutive floats ``arr[offset:offset+64]`` (1-D, contiguous).
+
+    Returns ``(word, nan_flag)``: bit j of ``word`` is ``arr[offset+j] >= 0``;
+    ``nan_flag`` is nonzero when any of the 64 values is NaN.
+    """
+    if not (isinstance(arr, types.Array) and isinstance(arr.dtype, types.Float)):
+        return None
+    sig = types.UniTuple(types.uint64, 2)(arr, offset)
+
+    def codegen(context, builder, signature, args):
+        a, off = args
+        fty = context.get_value_type(signature.args[0].dtype)
+        data = context.make_array(signature.args[0])(context, builder, a).data
+        ptr = builder.gep(data, [off])
+        vty = ir.VectorType(fty, 64)
+        vec = builder.load(builder.bitcast(ptr, vty.as_pointer()),
+                           align=signature.args[0].dtype.bitwidth // 8)
+        zero = ir.Constant(vty, None)
+        ge = builder.fcmp_ordered(">=", vec, zero)
+        nan = builder.fcmp_unordered("uno", vec, vec)
+        i64 = ir.IntType(64)
+        word = builder.bitcast(ge, i64)
+        flag = builder.bitcast(nan, i64)
+        res = context.make_tuple(builder, signature.return_type, [word, flag])
+        return res
+
+    return sig, codegen
+
+
+@njit(cache=True, parallel=True)
+def _pack_rows(x2d, out):
+    """x2d: (R, K) float32/float64 C-contiguous; out: (R, ceil(K/64)) uint64.
+
+    Returns 1 if any NaN was seen (the caller raises), else 0.
+    """
+    R, K = x2d.shape
+    full = K // 64
+    nan_rows = np.zeros(R, dtype=np.uint8)
+    flat = x2d.reshape(R * K)
+    for r in prange(R):
+        base = r * K
+        anynan = np.uint64(0)
+        for w in range(full):
+            word, flag = _sign_bits64(flat, base + w * 64)
+            out[r, w] = word
+            anynan |= flag
+        if full * 64 < K:
+            word = np.uint64(0)
+            for j in range(K - full * 64):
+                v = flat[base + full * 64 + j]
+                if v != v:
+                    anynan |= np.uint64(1)
+                if v >= 0:
+                    word |= np.uint64(1) << np.uint64(j)
+            out[r, full] = word
+        nan_rows[r] = 1 if anynan != 0 else 0
+    return nan_rows.max() if R > 0 else 0
+
+
+@njit(cache=True, parallel=True)
+def _unpack_rows(words, k, out):
+    """words: (R, W) uint64; out: (R, k) float32 of +1/-1."""
+    R = words.shape[0]
+    for r in prange(R):
+        for j in range(k):
+            bit = (words[r, j // 64] >> np.uint64(j % 64)) & np.uint64(1)
+            out[r, j] = np.float32(1.0) if bit else np.float32(-1.0)
+
+
+def _as_real_array(x, name="x"):
+    x = np.asarray(x)
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real (float or integer) array, got dtype {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must have at least one axis (the K axis to pack), got a scalar")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name} has K = 0 along its last axis: nothing to pack")
+    return x
+
+
+def pack(x):
+    """Pack the signs of the last axis of ``x`` into uint64 words.
+
+    Parameters
+    ----------
+    x : (..., K) real array (float16/32/64 or integer), no NaN, K >= 1.
+
+    Returns
+    -------
+    words : (..., ceil(K/64)) uint64, C-contiguous, following the conventions in
+        this module's docstring (bit 1 = +1, LSB first, zero padding bits).
+
+    Raises ``TypeError`` for a non-real dtype, ``ValueError`` for K = 0 or NaN.
+    """
+    x = _as_real_array(x)
+    lead = x.shape[:-1]
+    K = x.shape[-1]
+    if x.dtype not in (np.float32, np.float64):
+        # integers and float16 are converted; the sign is preserved exactly
+        x = x.astype(np.float64 if x.dtype.itemsize > 4 or np.issubdtype(x.dtype, np.integer) else np.float32)
+    x2d = np.ascontiguousarray(x).reshape(-1, K)
+    out = np.empty((x2d.shape[0], n_words(K)), dtype=np.uint64)
+    if x2d.shape[0] and _pack_rows(x2d, out):
+        raise ValueError("pack: input contains NaN, which has no sign")
+    return out.reshape(lead + (n_words(K),))
+
+
+def unpack(words, k):
+    """Inverse of :func:`pack` on signs.
+
+    Parameters
+    ----------
+    words : (..., W) uint64 with ``W == ceil(k / 64)``.
+    k : int >= 1, the logical length K.
+
+    Returns
+    -------
+    (..., k) float32 array of +1/-1.
+    """
+    words = np.asarray(words)
+    if words.dtype != np.uint64:
+        raise TypeError(f"unpack: words must be uint64, got {words.dtype}")
+    k = _check_k(k)
+    if words.ndim < 1 or words.shape[-1] != n_words(k):
+        raise ValueError(
+            f"unpack: last axis of words has {words.shape[-1] if words.ndim else 0} words, "
+            f"but k={k} needs ceil(k/64)={n_words(k)}")
+    lead = words.shape[:-1]
+    w2d = np.ascontiguousarray(words).reshape(-1, words.shape[-1])
+    out = np.empty((w2d.shape[0], k), dtype=np.float32)
+    if w2d.shape[0]:
+        _unpack_rows(w2d, k, out)
+    return out.reshape(lead + (k,))
+
+
+def _check_k(k):
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"k must be an integer, got {type(k).__name__}")
+    k = int(k)
+    if k <= 0:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return k

@@ -1,0 +1,93 @@
+"""Slow, obviously correct NumPy twins of every fast kernel: the oracle of the tests.
+
+Nothing here is clever: signs are materialised as float +1/-1 arrays and the products are
+ordinary float64 matmuls and convolution loops, rounded to int32 at the end (every sum of
+K values of +-1 is an integer of magnitude <= K, exact in float64 for K < 2**53).
+The binary conventions are in :mod:`minibnn.kernels.bitpack`.
+
+Shapes: N batch, C channels, H x W image, F filters, KH x KW kernel, K reduction length,
+``W = ceil(K / 64)`` words.
+"""
+
+import numpy as np
+
+from .prepared import PreparedWeights
+
+WORD_BITS = 64
+
+
+def sign(x):
+    """sign with sign(0) = +1: (...) real -> (...) float64 of +1/-1."""
+    return np.where(np.asarray(x) >= 0, 1.0, -1.0)
+
+
+def pack(x):
+    """(..., K) real -> (..., ceil(K/64)) uint64; bit j of word w is ``x[..., 64*w + j] >= 0``."""
+    x = np.asarray(x)
+    K = x.shape[-1]
+    W = (K + WORD_BITS - 1) // WORD_BITS
+    bits = np.zeros(x.shape[:-1] + (W * WORD_BITS,), dtype=np.uint64)
+    bits[..., :K] = x >= 0
+    bits = bits.reshape(x.shape[:-1] + (W, WORD_BITS))
+    weights = np.uint64(1) << np.arange(WORD_BITS, dtype=np.uint64)
+    # distinct powers of two: their sum is their bitwise OR
+    return (bits * weights).sum(axis=-1, dtype=np.uint64)
+
+
+def unpack(words, k):
+    """(..., ceil(k/64)) uint64 -> (..., k) float32 of +1/-1."""
+    words = np.asarray(words, dtype=np.uint64)
+    shifts = np.arange(WORD_BITS, dtype=np.uint64)
+    bits = (words[..., :, None] >> shifts) & np.uint64(1)
+    bits = bits.reshape(words.shape[:-1] + (-1,))[..., :k]
+    return np.where(bits == 1, 1.0, -1.0).astype(np.float32)
+
+
+def prepare_weights(b_words, k):
+    """The reference GEMM needs no layout: the handle just holds the (N, W) words."""
+    return PreparedWeights("reference", np.array(b_words, dtype=np.uint64), len(b_words), k)
+
+
+def xnor_gemm(a_words, b_words, k, out=None):
+    """(M, W) uint64, (N, W) uint64 (or a prepared handle) -> (M, N) int32
+    = unpack(A) @ unpack(B).T, computed in float64."""
+    if isinstance(b_words, PreparedWeights):
+        b_words = b_words.data
+    a = unpack(a_words, k).astype(np.float64)
+    b = unpack(b_words, k).astype(np.float64)
+    res = np.rint(a @ b.T).astype(np.int32)
+    if out is None:
+        return res
+    out[...] = res
+    return out
+
+
+def binary_matmul(a, b):
+    """(M, K) real @ (K, N) real of their signs -> (M, N) int32."""
+    return np.rint(sign(a) @ sign(b)).astype(np.int32)
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """Output length of a convolution: ``(size + 2 * padding - kernel) // stride + 1``."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def binary_conv2d(x, w, stride=1, padding=0):
+    """Cross-correlation of sign(x) and sign(w) with zero padding, as float loops.
+
+    x: (N, C, H, W) real; w: (F, C, KH, KW) real ->
+    (N, F, H', W') int32 with ``H' = (H + 2*padding - KH) // stride + 1`` (same for W').
+    """
+    xs = sign(x)
+    ws = sign(w)
+    N, C, H, Wd = xs.shape
+    F, _, KH, KW = ws.shape
+    Ho = conv_output_size(H, KH, stride, padding)
+    Wo = conv_output_size(Wd, KW, stride, padding)
+    xp = np.pad(xs, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # zeros
+    out = np.zeros((N, F, Ho, Wo), dtype=np.float64)
+    for kh in range(KH):
+        for kw in range(KW):
+            patch = xp[:, :, kh:kh + stride * Ho:stride, kw:kw + stride * Wo:stride]  # (N, C, Ho, Wo)
+            out += np.einsum("nchw,fc->nfhw", patch, ws[:, :, kh, kw])
+    return np.rint(out).astype(np.int32)
