@@ -161,3 +161,51 @@ def conv_cases(max_n=2, max_c=70, max_hw=7, max_f=5, max_kernel=4):
         return x, w, stride, padding
 
     return build()
+
+
+# ---------------------------------------------------------------------------
+# layers (minibnn.layers): gradient checks and +-1 inputs
+# ---------------------------------------------------------------------------
+
+def check_layer_gradients(layer, x, training=True, params=None, tol=1e-6, h=1e-6, seed=0):
+    """Finite-difference check of a layer's ``backward``: d/dx and d/d(each param).
+
+    ``layer`` must hold float64 params (``layer.astype(np.float64)``) and be
+    deterministic (no dropout / stochastic sign in ``training`` mode, or reseeded);
+    ``x`` is converted to float64.  A random ``dout`` (from ``seed``) is back-propagated
+    once; then ``sum(forward(.) * dout)`` is differentiated numerically w.r.t. x and
+    every name in ``params`` (default: all of ``layer.params``; pass ``[]`` for binary
+    layers, whose forward uses sign(w) and has no finite-difference gradient in w).
+
+    Returns ``{"x": rel_error, name: rel_error, ...}``; raises ``AssertionError`` naming
+    the layer and the array whose error is >= ``tol``.
+    """
+    names = list(layer.params) if params is None else list(params)
+    for k in names:
+        if layer.params[k].dtype != np.float64:
+            raise TypeError(f"check_layer_gradients: param {k!r} is {layer.params[k].dtype}; "
+                            "call layer.astype(np.float64) first")
+    x = np.array(x, dtype=np.float64)
+    out = layer.forward(x, training=training)
+    dout = np.random.default_rng(seed).standard_normal(out.shape)
+    dx = layer.backward(dout)
+    grads = {k: np.array(layer.grads[k], copy=True) for k in names}
+
+    def run(name, f, arr, analytic):
+        try:
+            return check_gradient(f, arr, dout, analytic, tol=tol, h=h)
+        except AssertionError as exc:
+            raise AssertionError(f"{layer!r}: d/d{name}: {exc}") from None
+
+    errors = {"x": run("x", lambda v: layer.forward(v, training=training), x, dx)}
+    for k in names:
+        # numeric_gradient perturbs layer.params[k] itself, in place
+        errors[k] = run(k, lambda _: layer.forward(x, training=training), layer.params[k],
+                        grads[k])
+    return errors
+
+
+def pm1_arrays(shape):
+    """float32 arrays of ``shape`` with entries in {-1, +1}: the input of a hidden binary
+    layer (the signs of :func:`real_arrays`, so sign(0) = +1 decides some entries)."""
+    return real_arrays(shape).map(lambda a: np.where(a >= 0, 1.0, -1.0).astype(np.float32))

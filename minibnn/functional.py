@@ -1,0 +1,697 @@
+"""Forward and backward functions of every layer, CS231n style, no autograd.
+
+Each operation is a pair ``*_forward(...) -> (out, cache)`` and
+``*_backward(dout, cache) -> gradients``; the backward is the exact gradient of the
+forward, or, where the forward is a quantizer, the straight-through pseudo-gradient named
+in the docstring next to the forward rule (see also :mod:`minibnn.quantize`).  The binary
+conventions (sign(0) = +1, zero padding of binary convolutions, ...) are in
+:mod:`minibnn.kernels.bitpack`.
+
+Shapes: ``N`` batch, ``D`` features, ``K`` reduction length (input features of a dense
+layer), ``F`` output features / filters, images ``(N, C, H, W)``, filters
+``(F, C, KH, KW)``, ``H' = (H + 2*padding - KH) // stride + 1`` (same for ``W'``).
+
+Dtypes: activations and parameters are float32 in a model; every function also accepts
+float64 (gradient checks run in float64) and computes in the promoted float type of its
+inputs, never below float32.  Integer inputs are converted to float32.
+
+Binary layers and ``backend``: ``binary_dense_forward`` / ``binary_conv2d_forward``
+compute ``x_b (*) sign(w)``.  With ``binary_input=True`` and ``backend`` a kernel backend
+name (``"reference"``, ``"cpu"``, ``"cuda"``) the product runs on bit-packed words
+through :mod:`minibnn.kernels` and is cast from int32 to float (exact); with
+``backend=None`` it runs as a float BLAS product.  Both paths give identical results
+for +-1 inputs (every partial sum is an integer of magnitude <= K < 2**24, exact in
+float32), which the tests check bit for bit.
+
+References: Hubara et al., "Binarized Neural Networks", NIPS 2016: Sec. 1.1-1.3
+(binarization, STE), Sec. 1.4 / Alg. 3 (shift-based BN), Alg. 1 (training loop), Sec. 3
+(XNOR-popcount kernels).  Ioffe & Szegedy 2015 (batch normalization).
+"""
+
+import numpy as np
+
+from . import kernels
+from .quantize import ap2, sign, ste_mask
+
+__all__ = [
+    "dense_forward", "dense_backward", "binary_dense_forward", "binary_dense_backward",
+    "prepare_binary_weights", "im2col", "col2im", "conv2d_forward", "conv2d_backward",
+    "binary_conv2d_forward", "binary_conv2d_backward", "batchnorm_forward",
+    "batchnorm_backward", "shift_batchnorm_forward", "shift_batchnorm_backward",
+    "maxpool2d_forward", "maxpool2d_backward", "dropout_forward", "dropout_backward",
+    "hardtanh_forward", "hardtanh_backward", "flatten", "flatten_forward",
+    "flatten_backward", "conv_output_size",
+]
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+def _as_float(x, name="x"):
+    """ndarray of float32/float64 (integers -> float32); rejects bool and non-real."""
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating):
+        return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer) and x.dtype != np.bool_:
+        return x.astype(np.float32)
+    raise TypeError(f"{name} must be a real array, got dtype {x.dtype}")
+
+
+def _compute_dtype(*arrays):
+    """Promoted float dtype of the inputs, at least float32."""
+    return np.result_type(np.float32, *[a.dtype for a in arrays if a is not None])
+
+
+def _check_pm1(x, where):
+    # The packed path reads only the sign bit of x; a value that is not +-1 (e.g. from a
+    # Dropout between Sign and this layer) would silently be rounded to its sign, so the
+    # packed and float paths would disagree.  Refuse instead.
+    if not np.all((x == 1) | (x == -1)):
+        raise ValueError(f"{where}: binary_input=True with a kernel backend needs x in "
+                         "{-1, +1} (the output of a SignActivation); got other values "
+                         "(a Dropout after the sign gives 0 and +-1/(1-p) in training). "
+                         "Use backend=None (float path) or binary_input=False.")
+
+
+def conv_output_size(size, kernel, stride, padding):
+    """``(size + 2 * padding - kernel) // stride + 1``."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _conv_shapes(x, w, stride, padding, where):
+    if x.ndim != 4 or w.ndim != 4:
+        raise ValueError(f"{where}: x must be (N, C, H, W) and w (F, C, KH, KW), "
+                         f"got {x.shape} and {w.shape}")
+    if stride < 1 or padding < 0:
+        raise ValueError(f"{where}: need stride >= 1 and padding >= 0, got {stride}, {padding}")
+    N, C, H, W = x.shape
+    F, Cw, KH, KW = w.shape
+    if Cw != C:
+        raise ValueError(f"{where}: x has C={C} channels but w expects {Cw}")
+    Ho = conv_output_size(H, KH, stride, padding)
+    Wo = conv_output_size(W, KW, stride, padding)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"{where}: kernel {KH}x{KW} larger than the padded input "
+                         f"{H + 2 * padding}x{W + 2 * padding}")
+    return Ho, Wo
+
+
+# ---------------------------------------------------------------------------
+# dense
+# ---------------------------------------------------------------------------
+
+def dense_forward(x, w, b=None):
+    """Float affine layer: ``out = x @ w + b``.
+
+    Parameters
+    ----------
+    x : (N, K) float32/64.  w : (K, F) float.  b : (F,) float or None.
+
+    Returns
+    -------
+    out : (N, F) promoted float dtype.
+    cache : ``(x, w, has_bias)``.
+    """
+    x = _as_float(x)
+    out = x @ w
+    if b is not None:
+        out = out + b
+    return out, (x, w, b is not None)
+
+
+def dense_backward(dout, cache):
+    """Gradients of :func:`dense_forward`.
+
+    dout : (N, F).  Returns ``dx (N, K) = dout @ w.T``, ``dw (K, F) = x.T @ dout``,
+    ``db (F,) = sum_n dout`` (None without bias).
+    """
+    x, w, has_bias = cache
+    dx = dout @ w.T
+    dw = x.T @ dout
+    db = dout.sum(axis=0) if has_bias else None
+    return dx, dw, db
+
+
+def prepare_binary_weights(w, backend):
+    """sign(w) of a dense layer packed and laid out for :func:`minibnn.kernels.xnor_gemm`.
+
+    w : (K, F) real latent weights -> :class:`minibnn.kernels.PreparedWeights` for
+    ``backend`` holding the F columns of sign(w) as K bits each.
+    """
+    K = w.shape[0]
+    # columns of w are the rows of the second GEMM operand: pack w.T along K
+    return kernels.prepare_weights(kernels.pack(w.T), K, backend=backend)
+
+
+def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared=None):
+    """Binary dense layer: ``out = x_b @ sign(w) + b``.
+
+    Forward rule: ``w_b = sign(w)`` (sign(0) = +1); ``x_b = x`` -- for a hidden layer
+    (``binary_input=True``) x is already +-1 (the output of a SignActivation); for the
+    first layer (``binary_input=False``) x is the real-valued input.  With
+    ``binary_input=True`` and a kernel ``backend`` the product is
+    ``xnor_gemm(pack(x), packed sign(w), K)`` (int32, cast to float exactly); otherwise a
+    float BLAS product (the first layer always takes the float path: its input has no
+    bit representation).
+    Pseudo-gradient (in :func:`binary_dense_backward`): the gradient w.r.t. ``sign(w)`` is
+    applied to the latent ``w`` unchanged (straight-through; the optimizer clips w to
+    [-1, 1], where the hard-tanh gate ``1{|w| <= 1}`` is 1 anyway).
+
+    Parameters
+    ----------
+    x : (N, K) float32/64; in {-1, +1} when ``binary_input`` and ``backend`` is set.
+    w : (K, F) float, latent real weights.
+    b : (F,) float or None.
+    binary_input : bool, True for hidden layers (packed path allowed).
+    backend : None (float BLAS) or a kernel backend name ("reference", "cpu", "cuda").
+    prepared : optional :class:`minibnn.kernels.PreparedWeights` of sign(w) for
+        ``backend`` (from :func:`prepare_binary_weights`); computed here when None.
+
+    Returns
+    -------
+    out : (N, F) float, x's float dtype (at least float32).
+    cache : dict with ``x``, ``w_b`` (K, F) float32 +-1, ``has_bias`` and, on the packed
+        path, ``prepared`` (the weights actually used, for reuse).
+
+    Raises ``ValueError`` for mismatched shapes, NaN in w, or a packed-path input not in
+    {-1, +1}.
+
+    References: Hubara et al. 2016, Sec. 1.1 (Eq. 1), Sec. 1.3, Alg. 1; Sec. 3 (XNOR).
+    """
+    x = _as_float(x)
+    w = _as_float(w, "w")
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+        raise ValueError(f"binary_dense_forward: x must be (N, K) and w (K, F), got {x.shape} "
+                         f"and {w.shape}")
+    K, F = w.shape
+    dtype = _compute_dtype(x, b)
+    wb = sign(w)
+    cache = {"x": x, "w_b": wb, "has_bias": b is not None}
+    if binary_input and backend is not None:
+        _check_pm1(x, "binary_dense_forward")
+        if prepared is None:
+            prepared = prepare_binary_weights(w, backend)
+        elif prepared.k != K or prepared.n != F:
+            raise ValueError(f"binary_dense_forward: prepared weights are for (K={prepared.k}, "
+                             f"F={prepared.n}), w is {w.shape}")
+        if x.shape[0] == 0:
+            out = np.zeros((0, F), dtype=dtype)
+        else:
+            acc = kernels.xnor_gemm(kernels.pack(x), prepared, K, backend=backend)
+            out = acc.astype(dtype)
+        cache["prepared"] = prepared
+    else:
+        out = (x @ wb).astype(dtype, copy=False)
+    if b is not None:
+        out = out + b
+    return out, cache
+
+
+def binary_dense_backward(dout, cache):
+    """Gradients of :func:`binary_dense_forward`.
+
+    Rule: ``dx = dout @ sign(w).T`` (exact), ``dw = x.T @ dout`` (the gradient w.r.t.
+    sign(w), passed straight through to the latent w), ``db = sum_n dout``.
+
+    dout : (N, F).  Returns ``dx (N, K)``, ``dw (K, F)``, ``db (F,)`` or None.
+
+    References: Hubara et al. 2016, Sec. 1.3, Alg. 1.
+    """
+    x, wb = cache["x"], cache["w_b"]
+    dx = dout @ wb.T
+    dw = x.T @ dout
+    db = dout.sum(axis=0) if cache["has_bias"] else None
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------
+# convolution (im2col + BLAS)
+# ---------------------------------------------------------------------------
+
+def im2col(x, kh, kw, stride=1, padding=0):
+    """Unfold the receptive fields of a zero-padded image batch into rows.
+
+    x : (N, C, H, W).  Returns ``cols`` of shape ``(N * H' * W', C * kh * kw)``, x's
+    dtype: row ``(n * H' + i) * W' + j`` holds the window whose top-left corner is
+    ``(i * stride, j * stride)`` in the padded image, flattened in ``(c, kh, kw)``
+    order -- the order of ``w.reshape(F, C * kh * kw)``, so a convolution is
+    ``cols @ w.reshape(F, -1).T``.
+    """
+    N, C, H, W = x.shape
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+    cols = np.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    # one strided slice per kernel tap: tap (i, j) of every window at once
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(N * Ho * Wo, C * kh * kw)
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
+    """Adjoint of :func:`im2col`: scatter-add rows back into an image batch.
+
+    cols : (N * H' * W', C * kh * kw).  Returns (N, C, H, W) = ``x_shape``; a pixel
+    covered by several windows receives the sum of their entries (this is what makes it
+    the gradient of im2col).
+    """
+    N, C, H, W = x_shape
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
+    c6 = cols.reshape(N, Ho, Wo, C, kh, kw)
+    xp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += \
+                c6[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return xp[:, :, padding:padding + H, padding:padding + W]
+
+
+def _rows_to_nchw(rows, N, Ho, Wo):
+    """(N * H' * W', F) -> (N, F, H', W') C-contiguous."""
+    F = rows.shape[1]
+    return np.ascontiguousarray(rows.reshape(N, Ho, Wo, F).transpose(0, 3, 1, 2))
+
+
+def _nchw_to_rows(d):
+    """(N, F, H', W') -> (N * H' * W', F)."""
+    return d.transpose(0, 2, 3, 1).reshape(-1, d.shape[1])
+
+
+def conv2d_forward(x, w, b=None, stride=1, padding=0):
+    """Float 2-D cross-correlation with zero padding, via im2col + BLAS.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float.  w : (F, C, KH, KW) float.  b : (F,) or None.
+    stride : int >= 1.  padding : int >= 0 (zeros).
+
+    Returns
+    -------
+    out : (N, F, H', W') promoted float dtype.
+    cache : dict with ``x_shape``, ``cols`` (im2col of x), ``w``, ``stride``,
+        ``padding``, ``has_bias``.
+    """
+    x = _as_float(x)
+    Ho, Wo = _conv_shapes(x, w, stride, padding, "conv2d_forward")
+    F, C, KH, KW = w.shape
+    cols = im2col(x, KH, KW, stride, padding)
+    out = _rows_to_nchw(cols @ w.reshape(F, -1).T, x.shape[0], Ho, Wo)
+    if b is not None:
+        out = out + b.reshape(1, F, 1, 1)
+    cache = {"x_shape": x.shape, "cols": cols, "w": w, "stride": stride,
+             "padding": padding, "has_bias": b is not None}
+    return out, cache
+
+
+def conv2d_backward(dout, cache):
+    """Gradients of :func:`conv2d_forward`.
+
+    dout : (N, F, H', W').  Returns ``dx (N, C, H, W)`` = col2im(dout_rows @ w_mat),
+    ``dw (F, C, KH, KW)`` = dout_rows.T @ cols, ``db (F,)`` (None without bias).
+    """
+    w = cache["w"]
+    F, C, KH, KW = w.shape
+    d2 = _nchw_to_rows(dout)
+    dw = (d2.T @ cache["cols"]).reshape(w.shape)
+    dx = col2im(d2 @ w.reshape(F, -1), cache["x_shape"], KH, KW, cache["stride"],
+                cache["padding"])
+    db = dout.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    return dx, dw, db
+
+
+def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, backend=None):
+    """Binary 2-D convolution: ``out = x_b (*) sign(w) + b``, zero padding.
+
+    Forward rule: cross-correlation of ``x_b`` with ``w_b = sign(w)``, the border padded
+    with zeros (not -1 or +1: convention 6 of :mod:`minibnn.kernels.bitpack`).  With
+    ``binary_input=True`` (x already +-1) and a kernel ``backend`` it runs through
+    :func:`minibnn.kernels.binary_conv2d` (exact int32, cast to float); otherwise through
+    im2col + float BLAS.
+    Pseudo-gradient (in :func:`binary_conv2d_backward`): dx is exact for fixed sign(w);
+    dw is the gradient w.r.t. sign(w), passed straight through to the latent w.
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float32/64; in {-1, +1} for the packed path.
+    w : (F, C, KH, KW) float latent weights.  b : (F,) or None.
+    stride : int >= 1.  padding : int >= 0.
+    binary_input : bool.  backend : None (float) or a kernel backend name.
+
+    Returns
+    -------
+    out : (N, F, H', W') float, x's float dtype (at least float32).
+    cache : dict with ``x``, ``w_b`` (F, C, KH, KW) float32, ``cols`` (float path only),
+        ``stride``, ``padding``, ``has_bias``.
+
+    References: Hubara et al. 2016, Sec. 1.1, 1.3, Sec. 3.
+    """
+    x = _as_float(x)
+    w = _as_float(w, "w")
+    Ho, Wo = _conv_shapes(x, w, stride, padding, "binary_conv2d_forward")
+    F, C, KH, KW = w.shape
+    dtype = _compute_dtype(x, b)
+    wb = sign(w)
+    cache = {"x": x, "w_b": wb, "cols": None, "stride": stride, "padding": padding,
+             "has_bias": b is not None}
+    if binary_input and backend is not None:
+        _check_pm1(x, "binary_conv2d_forward")
+        if x.shape[0] == 0:
+            out = np.zeros((0, F, Ho, Wo), dtype=dtype)
+        else:
+            out = kernels.binary_conv2d(x, w, stride=stride, padding=padding,
+                                        backend=backend).astype(dtype)
+    else:
+        cols = im2col(x, KH, KW, stride, padding)
+        out = _rows_to_nchw(cols @ wb.reshape(F, -1).T, x.shape[0], Ho, Wo).astype(dtype, copy=False)
+        cache["cols"] = cols
+    if b is not None:
+        out = out + b.reshape(1, F, 1, 1)
+    return out, cache
+
+
+def binary_conv2d_backward(dout, cache):
+    """Gradients of :func:`binary_conv2d_forward` (im2col/col2im, float).
+
+    dout : (N, F, H', W').  Returns ``dx (N, C, H, W)`` (exact, for fixed sign(w)),
+    ``dw (F, C, KH, KW)`` (w.r.t. sign(w), straight through), ``db (F,)`` or None.
+    """
+    x, wb = cache["x"], cache["w_b"]
+    F, C, KH, KW = wb.shape
+    stride, padding = cache["stride"], cache["padding"]
+    cols = cache["cols"]
+    if cols is None:             # packed forward: the float unfolding is needed only now
+        cols = im2col(x, KH, KW, stride, padding)
+    d2 = _nchw_to_rows(dout)
+    dw = (d2.T @ cols).reshape(wb.shape)
+    dx = col2im(d2 @ wb.reshape(F, -1), x.shape, KH, KW, stride, padding)
+    db = dout.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    return dx, dw, db
+
+
+# ---------------------------------------------------------------------------
+# batch normalization (vanilla and shift-based)
+# ---------------------------------------------------------------------------
+
+_MODES = ("train", "eval", "test")
+
+
+def _to_rows(x, where):
+    """(N, D) -> itself; (N, C, H, W) -> (N*H*W, C) (statistics per channel)."""
+    if x.ndim == 2:
+        return x
+    if x.ndim == 4:
+        return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
+    raise ValueError(f"{where}: x must be (N, D) or (N, C, H, W), got shape {x.shape}")
+
+
+def _from_rows(rows, shape):
+    if len(shape) == 2:
+        return rows
+    N, C, H, W = shape
+    return np.ascontiguousarray(rows.reshape(N, H, W, C).transpose(0, 3, 1, 2))
+
+
+def _check_mode(mode, running_mean, running_var, where):
+    if mode not in _MODES:
+        raise ValueError(f"{where}: mode must be 'train' or 'eval', got {mode!r}")
+    if mode != "train" and (running_mean is None or running_var is None):
+        raise ValueError(f"{where}: eval mode needs running_mean and running_var")
+    return "train" if mode == "train" else "eval"
+
+
+def _update_running(running, batch, momentum):
+    # running <- (1 - momentum) * running + momentum * batch, in place (Lasagne's alpha)
+    if running is not None:
+        running *= (1 - momentum)
+        running += momentum * batch
+
+
+def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_var=None,
+                      momentum=0.1, eps=1e-4):
+    """Batch normalization over the batch (and spatial) axes.
+
+    Forward rule, per feature (per channel for 4-D x, statistics over N, H, W):
+    train: ``mu, var`` = batch mean and biased variance; eval: the running ones;
+    ``x_hat = (x - mu) / sqrt(var + eps)``, ``out = gamma * x_hat + beta``.
+    In train mode ``running_mean`` / ``running_var`` (if given) are updated **in
+    place**: ``r <- (1 - momentum) * r + momentum * batch_stat`` -- the only side effect.
+
+    Parameters
+    ----------
+    x : (N, D) or (N, C, H, W) float32/64.
+    gamma, beta : (D,) or (C,) float.
+    mode : "train" or "eval" ("test" is accepted as an alias of "eval").
+    running_mean, running_var : (D,) / (C,) float arrays or None (required in eval).
+    momentum : float in [0, 1], weight of the new batch (Lasagne's ``alpha``).
+    eps : float > 0.
+
+    Returns
+    -------
+    out : like x.  cache : for :func:`batchnorm_backward`.
+
+    Defaults follow Courbariaux's BinaryNet code (Lasagne ``BatchNormLayer(epsilon=1e-4,
+    alpha=.1)``).  Lasagne averages ``1/sqrt(var + eps)``; we average ``var`` (as
+    PyTorch does) -- the same at convergence of the statistics.
+
+    References: Ioffe & Szegedy 2015, Alg. 1; Hubara et al. 2016, Sec. 1.4.
+    """
+    x = _as_float(x)
+    mode = _check_mode(mode, running_mean, running_var, "batchnorm_forward")
+    rows = _to_rows(x, "batchnorm_forward")
+    if mode == "train":
+        mu = rows.mean(axis=0)
+        var = rows.var(axis=0)
+        _update_running(running_mean, mu, momentum)
+        _update_running(running_var, var, momentum)
+    else:
+        mu, var = running_mean, running_var
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xhat = (rows - mu) * inv_std
+    out = _from_rows(gamma * xhat + beta, x.shape)
+    return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "mode": mode,
+                 "shape": x.shape}
+
+
+def batchnorm_backward(dout, cache):
+    """Gradients of :func:`batchnorm_forward` (train: through the batch statistics;
+    eval: statistics are constants).
+
+    dout : like x.  Returns ``dx`` (like x), ``dgamma``, ``dbeta`` ((D,) or (C,)).
+
+    Train-mode rule, m rows per feature, ``g = dout * gamma``:
+    ``dx = inv_std / m * (m * g - sum(g) - x_hat * sum(g * x_hat))``.
+    """
+    d = _to_rows(dout, "batchnorm_backward")
+    xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
+    dbeta = d.sum(axis=0)
+    dgamma = (d * xhat).sum(axis=0)
+    g = d * gamma
+    if cache["mode"] == "train":
+        m = d.shape[0]
+        dx = (inv_std / m) * (m * g - g.sum(axis=0) - xhat * (g * xhat).sum(axis=0))
+    else:
+        dx = g * inv_std
+    return _from_rows(dx, cache["shape"]), dgamma, dbeta
+
+
+def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
+                            running_var=None, momentum=0.1, eps=1e-4):
+    """Shift-based batch normalization (Alg. 3): multiplications replaced by AP2 shifts.
+
+    Forward rule (train), per feature / channel, ``C = x - mu`` with ``mu`` the batch
+    mean::
+
+        var   = mean(C * AP2(C))                   # approximate variance
+        s     = AP2(1 / sqrt(var + eps))           # normalizer, a power of two
+        x_hat = C * s
+        out   = AP2(gamma) * x_hat + beta
+
+    (Alg. 3 writes ``y = AP2(gamma) <<>> x_hat`` under the comment "scale and shift";
+    the shift by beta is added here.)  Eval mode uses ``running_mean`` and
+    ``running_var``, which track ``mu`` and the *approximate* var above, updated in
+    place like :func:`batchnorm_forward`.
+
+    Pseudo-gradient (in :func:`shift_batchnorm_backward`): straight-through for AP2,
+    as in the paper -- every ``AP2(v)`` is differentiated as if it were ``v`` plus a
+    constant (``dAP2(v)/dv := 1``) while the values used are the AP2 ones from the
+    forward pass.  Equivalently: the backward is the exact gradient of the smooth
+    surrogate in which each ``AP2(v)`` is replaced by ``v + (AP2(v0) - v0)``, the offset
+    frozen at the forward point (with zero offsets it is vanilla batch norm).
+
+    Parameters / returns: as :func:`batchnorm_forward`.
+
+    References: Hubara et al. 2016, Sec. 1.4, Alg. 3 (shift-based BN), Sec. 1.3 (STE).
+    """
+    x = _as_float(x)
+    mode = _check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
+    rows = _to_rows(x, "shift_batchnorm_forward")
+    if mode == "train":
+        mu = rows.mean(axis=0)
+        c = rows - mu
+        a = ap2(c)
+        var = (c * a).mean(axis=0)          # c and AP2(c) share signs: var >= 0
+        _update_running(running_mean, mu, momentum)
+        _update_running(running_var, var, momentum)
+    else:
+        c = rows - running_mean
+        a = None
+        var = running_var
+    r = 1.0 / np.sqrt(var + eps)
+    s = ap2(r)
+    xhat = c * s
+    g = ap2(gamma)
+    out = _from_rows(g * xhat + beta, x.shape)
+    cache = {"c": c, "a": a, "r": r, "s": s, "xhat": xhat, "g": g, "mode": mode,
+             "shape": x.shape}
+    return out, cache
+
+
+def shift_batchnorm_backward(dout, cache):
+    """Straight-through gradients of :func:`shift_batchnorm_forward`.
+
+    Rule (AP2 differentiated as the identity, values from the forward), m rows::
+
+        dbeta  = sum(dout);   dgamma = sum(dout * x_hat)
+        dx_hat = dout * AP2(gamma)
+        dC     = dx_hat * s + dvar * (AP2(C) + C) / m,
+                 dvar = sum(dx_hat * C) * (-1/2) * (var + eps)**(-3/2)
+        dx     = dC - mean(dC)                      (eval: dx = dx_hat * s)
+
+    dout : like x.  Returns ``dx``, ``dgamma``, ``dbeta``.
+
+    References: Hubara et al. 2016, Sec. 1.3-1.4, Alg. 3.
+    """
+    d = _to_rows(dout, "shift_batchnorm_backward")
+    c, a, r, s, xhat, g = (cache[k] for k in ("c", "a", "r", "s", "xhat", "g"))
+    dbeta = d.sum(axis=0)
+    dgamma = (d * xhat).sum(axis=0)
+    dxhat = d * g
+    dc = dxhat * s
+    if cache["mode"] == "train":
+        m = d.shape[0]
+        dvar = (dxhat * c).sum(axis=0) * (-0.5) * r ** 3     # r = (var + eps)^(-1/2)
+        dc = dc + dvar * (a + c) / m                          # d/dC of C * (C + const)
+        dx = dc - dc.mean(axis=0)
+    else:
+        dx = dc
+    return _from_rows(dx, cache["shape"]), dgamma, dbeta
+
+
+# ---------------------------------------------------------------------------
+# pooling, dropout, activations, reshape
+# ---------------------------------------------------------------------------
+
+def maxpool2d_forward(x, kernel=2, stride=None):
+    """Max pooling over ``kernel x kernel`` windows, no padding (floor mode).
+
+    Parameters
+    ----------
+    x : (N, C, H, W) float.  kernel : int >= 1.  stride : int >= 1, default ``kernel``.
+
+    Returns
+    -------
+    out : (N, C, H', W'), ``H' = (H - kernel) // stride + 1``, x's dtype.
+    cache : ``(x_shape, argmax (N, C, H', W') int, kernel, stride)``; ties go to the
+        first window position in row-major order.
+    """
+    x = _as_float(x)
+    stride = kernel if stride is None else stride
+    if x.ndim != 4:
+        raise ValueError(f"maxpool2d_forward: x must be (N, C, H, W), got {x.shape}")
+    if kernel < 1 or stride < 1:
+        raise ValueError(f"maxpool2d_forward: kernel and stride must be >= 1, got {kernel}, {stride}")
+    N, C, H, W = x.shape
+    Ho = conv_output_size(H, kernel, stride, 0)
+    Wo = conv_output_size(W, kernel, stride, 0)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"maxpool2d_forward: window {kernel} larger than input {H}x{W}")
+    taps = np.empty((kernel * kernel, N, C, Ho, Wo), dtype=x.dtype)
+    for i in range(kernel):
+        for j in range(kernel):
+            taps[i * kernel + j] = x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    arg = taps.argmax(axis=0)
+    out = np.take_along_axis(taps, arg[None], axis=0)[0]
+    return out, (x.shape, arg, kernel, stride)
+
+
+def maxpool2d_backward(dout, cache):
+    """Gradient of :func:`maxpool2d_forward`: dout (N, C, H', W') -> dx (N, C, H, W),
+    each output's gradient routed to its argmax (summed where windows overlap)."""
+    shape, arg, kernel, stride = cache
+    Ho, Wo = arg.shape[2:]
+    dx = np.zeros(shape, dtype=dout.dtype)
+    for i in range(kernel):
+        for j in range(kernel):
+            dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += \
+                np.where(arg == i * kernel + j, dout, 0)
+    return dx
+
+
+def dropout_forward(x, p, mode, rng):
+    """Inverted dropout.
+
+    Forward rule: train mode and ``p > 0``: ``out = x * mask``, ``mask = 1{u >= p} /
+    (1 - p)``, ``u ~ U[0, 1)`` drawn from ``rng`` -- so eval is the identity and the
+    expected activation is unchanged.  Eval mode (or p = 0): ``out = x``.
+
+    Parameters
+    ----------
+    x : (...) float.  p : float in [0, 1), the drop probability.
+    mode : "train" or "eval".  rng : numpy.random.Generator (used in train only).
+
+    Returns
+    -------
+    out : like x.  cache : the mask (like x, x's dtype) or None when nothing was dropped.
+    """
+    x = _as_float(x)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_forward: p must be in [0, 1), got {p}")
+    if mode not in _MODES:
+        raise ValueError(f"dropout_forward: mode must be 'train' or 'eval', got {mode!r}")
+    if mode != "train" or p == 0.0:
+        return x, None
+    mask = (rng.random(x.shape) >= p).astype(x.dtype) / x.dtype.type(1.0 - p)
+    return x * mask, mask
+
+
+def dropout_backward(dout, cache):
+    """Gradient of :func:`dropout_forward`: ``dx = dout * mask`` (dout where no mask)."""
+    return dout if cache is None else dout * cache
+
+
+def hardtanh_forward(x):
+    """``Htanh(x) = clip(x, -1, 1)``; cache is x.  (...) -> (...), x's dtype.
+
+    Pseudo-gradient (in :func:`hardtanh_backward`): ``g * 1{|x| <= 1}``; the kinks at
+    +-1 count as inside, like the STE of sign.
+
+    References: Hubara et al. 2016, Sec. 1.3.
+    """
+    x = _as_float(x)
+    return np.clip(x, -1, 1), x
+
+
+def hardtanh_backward(dout, cache):
+    """``dx = dout * 1{|x| <= 1}``, shape and dtype of dout."""
+    return dout * ste_mask(cache).astype(dout.dtype)
+
+
+def flatten_forward(x):
+    """(N, ...) -> (N, prod(...)), a view when possible; cache is x's shape."""
+    x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError("flatten: x needs a batch axis")
+    return x.reshape(x.shape[0], -1), x.shape
+
+
+def flatten_backward(dout, cache):
+    """(N, prod(...)) -> (N, ...) = the cached shape."""
+    return dout.reshape(cache)
+
+
+def flatten(x):
+    """(N, ...) -> (N, prod(...)); see :func:`flatten_forward`."""
+    return flatten_forward(x)[0]

@@ -1,0 +1,304 @@
+"""Layer semantics: packed == float exactly, forward rules, init, param_info, errors."""
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from minibnn import functional as F
+from minibnn import layers as L
+from minibnn.kernels import reference
+from minibnn.model import Sequential
+from minibnn.testing import assert_exact, conv_cases, k_values, pm1_arrays, real_arrays
+
+
+# ---------------------------------------------------------------------------
+# packed XNOR path == float BLAS path, bit for bit
+# ---------------------------------------------------------------------------
+
+def _twin(layer):
+    """Same config and weights, float path (backend=None)."""
+    cfg = dict(layer.config(), backend=None)
+    other = type(layer)(**cfg)
+    for k, v in layer.params.items():
+        other.params[k][...] = v
+    return other
+
+
+@st.composite
+def dense_cases(draw):
+    n = draw(st.integers(1, 5))
+    k = draw(k_values(200))
+    f = draw(st.integers(1, 12))
+    x = draw(pm1_arrays((n, k)))
+    w = draw(real_arrays((k, f)))        # exact zeros: sign(0) = +1 on both paths
+    return x, w, draw(st.booleans())
+
+
+@given(dense_cases(), st.booleans())
+def test_binary_dense_packed_equals_float(fast_backend, case, training):
+    x, w, bias = case
+    k, f = w.shape
+    packed = L.BinaryDense(k, f, binary_input=True, bias=bias, backend=fast_backend, rng=0)
+    packed.params["w"][...] = w
+    if bias:
+        packed.params["b"][...] = np.linspace(-1, 1, f)
+    flt = _twin(packed)
+    model_p = Sequential([packed, L.BatchNorm(f)])
+    model_f = Sequential([flt, L.BatchNorm(f)])
+    out_p = model_p.forward(x, training=training)
+    out_f = model_f.forward(x, training=training)
+    assert_exact(out_p, out_f, f"BinaryDense packed[{fast_backend}] vs float")
+    # the packed weights actually used are kept on the layer
+    assert packed.prepared is not None and packed.prepared.k == k and packed.prepared.n == f
+    if not bias:   # and the layer output is the integer sign(x) . sign(w)
+        assert_exact(packed.forward(x, training).astype(np.int32),
+                     reference.binary_matmul(x, packed.params["w"]), "BinaryDense vs reference")
+
+
+@given(conv_cases(max_c=70, max_hw=6, max_f=4), st.booleans(), st.booleans())
+def test_binary_conv2d_packed_equals_float(fast_backend, case, bias, training):
+    x, w, stride, padding = case
+    xb = np.where(x >= 0, 1.0, -1.0).astype(np.float32)
+    Fn, C, KH, KW = w.shape
+    packed = L.BinaryConv2D(C, Fn, (KH, KW), stride=stride, padding=padding, bias=bias,
+                            backend=fast_backend, rng=0)
+    packed.params["w"][...] = w
+    if bias:
+        packed.params["b"][...] = np.linspace(-1, 1, Fn)
+    flt = _twin(packed)
+    out_p = Sequential([packed, L.BatchNorm(Fn, spatial=True)]).forward(xb, training=training)
+    out_f = Sequential([flt, L.BatchNorm(Fn, spatial=True)]).forward(xb, training=training)
+    assert_exact(out_p, out_f, f"BinaryConv2D packed[{fast_backend}] vs float")
+    if not bias:
+        got = packed.forward(xb, training)
+        assert_exact(got.astype(np.int32),
+                     reference.binary_conv2d(xb, packed.params["w"], stride, padding),
+                     "BinaryConv2D vs reference")
+
+
+def test_set_backend_switches_path_not_result():
+    rng = np.random.default_rng(0)
+    model = Sequential([L.BinaryDense(70, 30, binary_input=False, rng=1), L.BatchNorm(30),
+                        L.SignActivation(), L.BinaryDense(30, 5, rng=2), L.BatchNorm(5)])
+    x = rng.standard_normal((6, 70)).astype(np.float32)
+    a = model.forward(x, training=False)
+    model.set_backend("cpu")
+    assert model[3].backend == "cpu"
+    b = model.forward(x, training=False)
+    assert model[3].prepared is not None           # hidden layer went through the kernels
+    assert model[0].prepared is None               # first layer: real input, float path
+    assert_exact(a, b)
+
+
+def test_packed_path_rejects_non_binary_input():
+    layer = L.BinaryDense(4, 3, backend="cpu", rng=0)
+    with pytest.raises(ValueError, match=r"\{-1, \+1\}"):
+        layer.forward(np.array([[1.0, -1.0, 0.5, 1.0]]))
+    conv = L.BinaryConv2D(1, 2, 2, backend="cpu", rng=0)
+    with pytest.raises(ValueError, match=r"\{-1, \+1\}"):
+        conv.forward(np.zeros((1, 1, 3, 3)))
+    # the float path accepts anything (e.g. dropout-scaled +-2 / 0 during training)
+    L.BinaryDense(4, 3, rng=0).forward(np.array([[2.0, 0.0, -2.0, 2.0]]))
+
+
+# ---------------------------------------------------------------------------
+# forward rules
+# ---------------------------------------------------------------------------
+
+def _naive_conv(x, w, b, stride, padding):
+    N, C, H, W = x.shape
+    Fn, _, KH, KW = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    Ho = (H + 2 * padding - KH) // stride + 1
+    Wo = (W + 2 * padding - KW) // stride + 1
+    out = np.zeros((N, Fn, Ho, Wo))
+    for n in range(N):
+        for f in range(Fn):
+            for i in range(Ho):
+                for j in range(Wo):
+                    patch = xp[n, :, i * stride:i * stride + KH, j * stride:j * stride + KW]
+                    out[n, f, i, j] = (patch * w[f]).sum() + (0 if b is None else b[f])
+    return out
+
+
+@pytest.mark.parametrize("stride,padding,kh,kw", [(1, 0, 3, 3), (2, 1, 3, 2), (1, 2, 1, 4)])
+def test_conv2d_forward_matches_naive_loops(stride, padding, kh, kw):
+    rng = np.random.default_rng(1)
+    x, w, b = rng.standard_normal((2, 3, 5, 6)), rng.standard_normal((4, 3, kh, kw)), rng.standard_normal(4)
+    out, _ = F.conv2d_forward(x, w, b, stride, padding)
+    np.testing.assert_allclose(out, _naive_conv(x, w, b, stride, padding), rtol=1e-12, atol=1e-12)
+    out_b, _ = F.binary_conv2d_forward(x, w, b, stride, padding, binary_input=False)
+    np.testing.assert_allclose(out_b, _naive_conv(x, np.where(w >= 0, 1.0, -1.0), b, stride, padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_im2col_col2im_are_adjoint():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 3, 5, 4))
+    cols = F.im2col(x, 3, 2, stride=2, padding=1)
+    c = rng.standard_normal(cols.shape)
+    lhs = (cols * c).sum()
+    rhs = (x * F.col2im(c, x.shape, 3, 2, stride=2, padding=1)).sum()
+    assert lhs == pytest.approx(rhs, rel=1e-12)
+
+
+def test_binary_dense_forward_rule():
+    x = np.array([[0.5, -2.0, 0.0]], dtype=np.float32)           # first layer: real input
+    w = np.array([[0.3], [-0.1], [0.0]], dtype=np.float32)        # sign -> [1, -1, +1]
+    out, _ = F.binary_dense_forward(x, w, np.array([0.25], np.float32), binary_input=False)
+    assert out.dtype == np.float32
+    assert out.tolist() == [[0.5 + 2.0 + 0.0 + 0.25]]
+
+
+def test_batchnorm_forward_and_running_stats():
+    rng = np.random.default_rng(3)
+    bn = L.BatchNorm(3)
+    x = (rng.standard_normal((50, 3)) * [1, 2, 3] + [0, 1, -1]).astype(np.float32)
+    out = bn.forward(x, training=True)
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(out.var(axis=0), x.var(axis=0) / (x.var(axis=0) + 1e-4), rtol=1e-4)
+    # running <- 0.9 * running + 0.1 * batch  (Lasagne alpha = .1)
+    np.testing.assert_allclose(bn.buffers["running_mean"], 0.1 * x.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn.buffers["running_var"], 0.9 + 0.1 * x.var(axis=0), rtol=1e-5)
+    ev = bn.forward(x, training=False)
+    np.testing.assert_allclose(ev, (x - bn.buffers["running_mean"]) / np.sqrt(bn.buffers["running_var"] + 1e-4),
+                               rtol=1e-5)
+
+
+def test_spatial_batchnorm_is_per_channel():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3, 5, 5)) * np.array([1, 5, 9])[None, :, None, None]
+    out = L.BatchNorm(3, spatial=True).astype(np.float64).forward(x)
+    np.testing.assert_allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-12)
+    np.testing.assert_allclose(out.var(axis=(0, 2, 3)), 1, rtol=1e-3)
+
+
+def test_shift_batchnorm_uses_powers_of_two():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((16, 4)) * 3 + 1
+    gamma = np.array([0.7, 1.0, 1.6, 3.1])
+    out, cache = F.shift_batchnorm_forward(x, gamma, np.zeros(4))
+    for v in (cache["s"], cache["g"]):
+        e = np.log2(v)
+        np.testing.assert_array_equal(e, np.round(e))
+    np.testing.assert_allclose(out, (x - x.mean(0)) * cache["s"] * cache["g"])
+    # the approximate normalization keeps the scale within a factor 2 of vanilla BN
+    vanilla = F.batchnorm_forward(x, np.ones(4), np.zeros(4))[0]
+    ratio = out.std(axis=0) / (vanilla.std(axis=0) * cache["g"])
+    assert np.all((ratio > 0.5) & (ratio < 2.0))
+
+
+def test_sign_activation_stochastic_only_in_training():
+    x = np.full((4, 1000), 0.2)
+    act = L.SignActivation(stochastic=True, rng=0)
+    train_out = act.forward(x, training=True)
+    assert 0.5 < (train_out == 1).mean() < 0.7                # p = hard_sigmoid(0.2) = 0.6
+    assert np.all(act.forward(x, training=False) == 1)
+    act.forward(np.array([[-1.5, -1.0, 0.0, 1.0, 1.5]]), training=True)
+    assert act.backward(np.ones((1, 5))).tolist() == [[0, 1, 1, 1, 0]]     # STE gate
+
+
+def test_maxpool_forward_and_dropout_eval():
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    assert L.MaxPool2D().forward(x).tolist() == [[[[5, 7], [13, 15]]]]
+    assert L.MaxPool2D(3, 1).forward(x).tolist() == [[[[10, 11], [14, 15]]]]
+    d = L.Dropout(0.5, rng=0)
+    y = np.ones((10, 10))
+    assert np.array_equal(d.forward(y, training=False), y)
+    out = d.forward(y, training=True)
+    assert set(np.unique(out)) <= {0.0, 2.0}
+    assert np.array_equal(d.backward(np.ones_like(y)), out)
+
+
+# ---------------------------------------------------------------------------
+# init, param_info, determinism
+# ---------------------------------------------------------------------------
+
+def test_param_info_and_init():
+    d = L.BinaryDense(100, 50, rng=0)
+    assert set(d.params) == set(d.grads) == set(d.param_info) == {"w"}
+    assert d.param_info["w"] == {"binary": True, "lr_scale": pytest.approx(1 / np.sqrt(1.5 / 150))}
+    w = d.params["w"]
+    assert w.dtype == np.float32 and w.shape == (100, 50)
+    assert -1 <= w.min() < -0.9 and 0.9 < w.max() <= 1           # U(-H, H), H = 1
+    c = L.BinaryConv2D(3, 8, 3, bias=True, rng=0)
+    assert c.params["w"].shape == (8, 3, 3, 3)
+    assert c.param_info["w"]["lr_scale"] == pytest.approx(1 / np.sqrt(1.5 / (27 + 72)))
+    assert c.param_info["b"] == {"binary": False, "lr_scale": 1.0}
+    bn = L.BatchNorm(5)
+    assert bn.param_info == {"gamma": {"binary": False, "lr_scale": 1.0},
+                             "beta": {"binary": False, "lr_scale": 1.0}}
+    assert bn.params["gamma"].tolist() == [1] * 5 and bn.params["beta"].tolist() == [0] * 5
+    for layer in (L.SignActivation(), L.HardTanh(), L.MaxPool2D(), L.Dropout(0.1), L.Flatten()):
+        assert layer.params == {} and layer.grads == {} and layer.param_info == {}
+    dense = L.Dense(10, 4, rng=0)
+    assert dense.param_info["w"] == {"binary": False, "lr_scale": 1.0}
+    assert np.abs(dense.params["w"]).max() <= np.sqrt(6 / 14)
+
+
+def test_same_seed_same_layer():
+    a, b = L.BinaryConv2D(2, 3, 3, rng=7), L.BinaryConv2D(2, 3, 3, rng=7)
+    assert_exact(a.params["w"], b.params["w"])
+    assert not np.array_equal(a.params["w"], L.BinaryConv2D(2, 3, 3, rng=8).params["w"])
+
+
+def test_grads_overwritten_in_place():
+    layer = L.Dense(3, 2, rng=0)
+    g = layer.grads["w"]
+    x = np.ones((2, 3), np.float32)
+    layer.forward(x)
+    layer.backward(np.ones((2, 2), np.float32))
+    first = g.copy()
+    layer.forward(x)
+    layer.backward(np.ones((2, 2), np.float32))
+    assert layer.grads["w"] is g                                  # same array...
+    assert_exact(g, first)                                        # ...overwritten, not summed
+
+
+# ---------------------------------------------------------------------------
+# errors
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layer,x,expected", [
+    (L.BinaryDense(10, 4, rng=0), np.zeros((2, 9)), r"BinaryDense\(in_features=10.*\(N, 10\)"),
+    (L.Dense(10, 4, rng=0), np.zeros((2, 10, 1)), r"Dense.*\(N, 10\)"),
+    (L.BinaryConv2D(3, 4, 3, rng=0), np.zeros((2, 2, 5, 5)), r"BinaryConv2D.*\(N, 3, H, W\)"),
+    (L.BinaryConv2D(3, 4, 3, rng=0), np.zeros((2, 3, 2, 5)), r"BinaryConv2D.*H \+ 2\*0 >= 3"),
+    (L.Conv2D(3, 4, 3, rng=0), np.zeros((3, 5, 5)), r"Conv2D.*\(N, 3, H, W\)"),
+    (L.BatchNorm(4), np.zeros((2, 5)), r"BatchNorm.*\(N, 4\)"),
+    (L.BatchNorm(4, spatial=True), np.zeros((2, 4)), r"BatchNorm.*\(N, 4, H, W\)"),
+    (L.MaxPool2D(), np.zeros((2, 3)), r"MaxPool2D.*\(N, C, H, W\)"),
+    (L.Flatten(), np.zeros(3), r"Flatten"),
+])
+def test_wrong_input_shape(layer, x, expected):
+    with pytest.raises(ValueError, match=expected):
+        layer.forward(x)
+
+
+@pytest.mark.parametrize("layer", [L.BinaryDense(3, 2, rng=0), L.BatchNorm(3), L.SignActivation(),
+                                   L.Dropout(0.2), L.MaxPool2D(), L.Flatten()])
+def test_backward_before_forward(layer):
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.zeros((2, 3)))
+
+
+def test_backward_with_wrong_grad_shape():
+    layer = L.BinaryDense(3, 2, rng=0)
+    layer.forward(np.ones((4, 3)))
+    with pytest.raises(ValueError, match=r"grad_out has shape \(4, 3\).*\(4, 2\)"):
+        layer.backward(np.ones((4, 3)))
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError):
+        L.Dropout(1.0)
+    with pytest.raises(ValueError):
+        L.BinaryDense(0, 3)
+    with pytest.raises(ValueError):
+        L.BatchNorm(3, eps=0)
+    with pytest.raises(TypeError):
+        L.BinaryConv2D(3, 4, "3")
+    with pytest.raises(ValueError, match="mode"):
+        F.batchnorm_forward(np.zeros((2, 2)), np.ones(2), np.zeros(2), mode="training")
+    with pytest.raises(ValueError, match="running"):
+        F.batchnorm_forward(np.zeros((2, 2)), np.ones(2), np.zeros(2), mode="eval")
