@@ -140,8 +140,9 @@ def prepare_binary_weights(w, backend):
     ``backend`` holding the F columns of sign(w) as K bits each.
     """
     K = w.shape[0]
-    # columns of w are the rows of the second GEMM operand: pack w.T along K
-    return kernels.prepare_weights(kernels.pack(w.T), K, backend=backend)
+    # columns of w are the rows of the second GEMM operand: pack them along K without
+    # materialising w.T (a 64 MB copy per step for a 4096 x 4096 layer)
+    return kernels.prepare_weights(kernels.pack_columns(w), K, backend=backend)
 
 
 def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared=None):
@@ -186,13 +187,18 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
                          f"and {w.shape}")
     K, F = w.shape
     dtype = _compute_dtype(x, b)
-    wb = sign(w)
+    packed_path = binary_input and backend is not None
+    if packed_path and prepared is None:
+        # one pass over the latent weights gives both sign(w) (float, for backward) and
+        # its packed columns (for the XNOR forward)
+        wb, w_words = kernels.sign_pack_columns(w)
+        prepared = kernels.prepare_weights(w_words, K, backend=backend)
+    else:
+        wb = sign(w)
     cache = {"x": x, "w_b": wb, "has_bias": b is not None}
-    if binary_input and backend is not None:
+    if packed_path:
         _check_pm1(x, "binary_dense_forward")
-        if prepared is None:
-            prepared = prepare_binary_weights(w, backend)
-        elif prepared.k != K or prepared.n != F:
+        if prepared.k != K or prepared.n != F:
             raise ValueError(f"binary_dense_forward: prepared weights are for (K={prepared.k}, "
                              f"F={prepared.n}), w is {w.shape}")
         if x.shape[0] == 0:

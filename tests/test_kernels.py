@@ -270,3 +270,28 @@ def test_unavailable_backend_fails_at_selection():
 
 def test_n_words():
     assert [bitpack.n_words(k) for k in (1, 63, 64, 65, 128, 129)] == [1, 1, 1, 2, 2, 3]
+
+
+@given(st.tuples(k_values(200), st.integers(1, 19)).flatmap(lambda s: real_arrays(s)))
+def test_pack_columns_equals_pack_of_transpose(x):
+    assert_exact(kernels.pack_columns(x), reference.pack(x.T))
+
+
+def test_pack_columns_rejects():
+    with pytest.raises(ValueError, match="NaN"):
+        kernels.pack_columns(np.array([[1.0], [np.nan]]))
+    with pytest.raises(ValueError, match="2-D"):
+        kernels.pack_columns(np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_sign_f32(dtype):
+    x = np.array([[-2, -0.0, 0, 3], [1, -1, 0.5, -0.5]]).astype(dtype)
+    assert_exact(kernels.sign_f32(x), reference.sign(x).astype(np.float32))
+
+
+@given(st.tuples(k_values(200), st.integers(1, 19)).flatmap(lambda s: real_arrays(s)))
+def test_sign_pack_columns(x):
+    signs, words = kernels.sign_pack_columns(x)
+    assert_exact(signs, reference.sign(x).astype(np.float32))
+    assert_exact(words, reference.pack(x.T))

@@ -519,3 +519,37 @@ def test_schedule_drives_optimizer_lr():
     for epoch in range(3):
         opt.lr = s(epoch)
     assert opt.lr == 1e-4
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdaMax"])
+def test_fused_kernel_matches_numpy_fallback(cls):
+    # the fused one-pass kernel (contiguous arrays) and the NumPy form (non-contiguous
+    # arrays) compute the same formulas; they may differ only by float32 rounding
+    import minibnn.optim as optim_mod
+    rng = np.random.default_rng(3)
+    base = rng.uniform(-1, 1, (64, 6)).astype(np.float32)
+    grads = [rng.standard_normal((64, 6)).astype(np.float32) * 0.1 for _ in range(3)]
+    info = {"binary": True, "lr_scale": 3.0}
+    p_fast = base[:, :3].copy()                 # contiguous -> fused kernel
+    p_slow = np.asfortranarray(base[:, :3])     # not C-contiguous -> NumPy fallback
+    assert not p_slow.flags.c_contiguous
+    runs = []
+    for p in (p_fast, p_slow):
+        opt = getattr(optim_mod, cls)([("w", p, np.zeros_like(p), info)], lr=0.05)
+        for g in grads:
+            opt._fixed = [("w", p, g[:, :3], info)]
+            opt.step()
+        runs.append(p)
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+    assert np.abs(runs[0]).max() <= 1.0
+
+
+def test_nonfinite_check_on_large_gradient():
+    import minibnn.optim as optim_mod
+    p = np.zeros(10000, np.float32)
+    g = np.zeros(10000, np.float32)
+    g[1234] = np.inf
+    g[77] = np.nan
+    opt = optim_mod.Adam([("big", p, g, {"binary": False})], lr=0.1)
+    with pytest.raises(ValueError, match="'big'.*2 non-finite"):
+        opt.step()

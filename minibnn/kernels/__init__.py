@@ -20,11 +20,11 @@ import numpy as np
 from . import bitpack, reference
 from .backend import (BACKENDS, BackendUnavailable, available_backends, get_backend,
                       resolve_name)
-from .bitpack import n_words, unpack
+from .bitpack import n_words, pack_columns, sign_f32, sign_pack_columns, unpack
 from .prepared import PreparedWeights
 
 __all__ = [
-    "pack", "unpack", "n_words", "xnor_gemm", "prepare_weights", "binary_matmul",
+    "pack", "unpack", "pack_columns", "sign_f32", "sign_pack_columns", "n_words", "xnor_gemm", "prepare_weights", "binary_matmul",
     "binary_conv2d", "conv_output_size", "available_backends", "get_backend",
     "BackendUnavailable", "BACKENDS", "PreparedWeights",
 ]

@@ -128,6 +128,143 @@ def _pack_rows(x2d, out):
 
 
 @njit(cache=True, parallel=True)
+def _pack_cols(x2d, out):
+    """x2d: (K, F) float C-contiguous; out: (F, ceil(K/64)) uint64 = pack(x2d.T).
+
+    Works word by word along K so that each step reads whole contiguous rows of x2d
+    (vectorized over F) instead of transposing a large matrix first.
+    Returns 1 if any NaN was seen, else 0.
+    """
+    K, F = x2d.shape
+    W = out.shape[1]
+    nan_words = np.zeros(W, dtype=np.uint8)
+    for w in prange(W):
+        acc = np.zeros(F, dtype=np.uint64)
+        bad = np.zeros(F, dtype=np.uint8)
+        for j in range(min(64, K - w * 64)):
+            bit = np.uint64(1) << np.uint64(j)
+            k = w * 64 + j
+            for f in range(F):
+                v = x2d[k, f]
+                acc[f] |= bit if v >= 0 else np.uint64(0)
+                bad[f] |= np.uint8(1) if v != v else np.uint8(0)
+        for f in range(F):
+            out[f, w] = acc[f]
+        nan_words[w] = bad.max() if F > 0 else 0
+    return nan_words.max() if W > 0 else 0
+
+
+@njit(cache=True, parallel=True)
+def _sign_f32(x, out):
+    """out = sign(x) as float32 +-1 (sign(0) = +1); flat contiguous arrays.
+    Returns the number of NaN seen (their out entry is -1).
+
+    Chunked so that each inner loop is a plain compare/select LLVM can vectorize; a
+    per-element reduction across the prange would not be.
+    """
+    n = x.size
+    chunk = 1 << 14
+    n_chunks = (n + chunk - 1) // chunk
+    nans = np.zeros(n_chunks, dtype=np.int64)
+    for c in prange(n_chunks):
+        lo = c * chunk
+        hi = min(n, lo + chunk)
+        bad = 0
+        for i in range(lo, hi):
+            v = x[i]
+            bad += v != v
+            out[i] = np.float32(1.0) if v >= 0 else np.float32(-1.0)
+        nans[c] = bad
+    return nans.sum()
+
+
+@njit(cache=True, parallel=True)
+def _sign_pack_cols(x2d, signs, out):
+    """One pass over x2d (K, F): signs (K, F) float32 +-1 and out (F, W) = pack(x2d.T).
+    Returns 1 if any NaN was seen."""
+    K, F = x2d.shape
+    W = out.shape[1]
+    nan_words = np.zeros(W, dtype=np.uint8)
+    for w in prange(W):
+        acc = np.zeros(F, dtype=np.uint64)
+        bad = np.zeros(F, dtype=np.uint8)
+        for j in range(min(64, K - w * 64)):
+            bit = np.uint64(1) << np.uint64(j)
+            k = w * 64 + j
+            for f in range(F):
+                v = x2d[k, f]
+                pos = v >= 0
+                acc[f] |= bit if pos else np.uint64(0)
+                signs[k, f] = np.float32(1.0) if pos else np.float32(-1.0)
+                bad[f] |= np.uint8(1) if v != v else np.uint8(0)
+        for f in range(F):
+            out[f, w] = acc[f]
+        nan_words[w] = bad.max() if F > 0 else 0
+    return nan_words.max() if W > 0 else 0
+
+
+def sign_pack_columns(x):
+    """Both forms of a dense layer's binary weights in one pass over the latent weights.
+
+    x : (K, F) float32/float64 -> ``(signs, words)``: ``signs`` (K, F) float32 +-1 (for
+    the float backward, ``dx = dout @ signs.T``) and ``words`` (F, ceil(K/64)) uint64
+    equal to ``pack(x.T)`` (for the XNOR forward).  Raises ``ValueError`` on NaN.
+    """
+    x = _as_real_array(x)
+    if x.ndim != 2:
+        raise ValueError(f"sign_pack_columns: x must be 2-D (K, F), got shape {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    x = np.ascontiguousarray(x)
+    signs = np.empty(x.shape, dtype=np.float32)
+    out = np.empty((x.shape[1], n_words(x.shape[0])), dtype=np.uint64)
+    if x.shape[1] and _sign_pack_cols(x, signs, out):
+        raise ValueError("sign_pack_columns: input contains NaN, which has no sign")
+    return signs, out
+
+
+def pack_columns(x):
+    """Pack the signs of the *columns* of a 2-D array: (K, F) real -> (F, ceil(K/64)) uint64.
+
+    Equal to ``pack(x.T)`` without materialising the transpose: a dense layer's latent
+    weights are stored (K, F), while the GEMM wants the F columns as packed rows.
+    Raises ``ValueError`` for NaN, K = 0 or a non-2-D input, ``TypeError`` for a non-real dtype.
+    """
+    x = _as_real_array(x)
+    if x.ndim != 2:
+        raise ValueError(f"pack_columns: x must be 2-D (K, F), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("pack_columns: K = 0, nothing to pack")
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    x = np.ascontiguousarray(x)
+    out = np.empty((x.shape[1], n_words(x.shape[0])), dtype=np.uint64)
+    if x.shape[1] and _pack_cols(x, out):
+        raise ValueError("pack_columns: input contains NaN, which has no sign")
+    return out
+
+
+def sign_f32(x):
+    """sign(x) as a float32 array of +-1 (sign(0) = +1, sign(-0.0) = +1), same shape.
+
+    One parallel pass (NaN detected in the same pass).  Raises ``ValueError`` on NaN,
+    ``TypeError`` for a non-real dtype.
+    """
+    x = np.asarray(x)
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise TypeError(f"sign: x must be a real array, got dtype {x.dtype}")
+    if x.dtype not in (np.float32, np.float64):
+        if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
+            raise ValueError("sign: input contains NaN, which has no sign")
+        return np.where(x >= 0, np.float32(1), np.float32(-1))
+    xc = np.ascontiguousarray(x)
+    out = np.empty(xc.shape, dtype=np.float32)
+    if xc.size and _sign_f32(xc.reshape(-1), out.reshape(-1)):
+        raise ValueError("sign: input contains NaN, which has no sign")
+    return out
+
+
+@njit(cache=True, parallel=True)
 def _unpack_rows(words, k, out):
     """words: (R, W) uint64; out: (R, k) float32 of +1/-1."""
     R = words.shape[0]

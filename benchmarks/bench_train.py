@@ -1,0 +1,119 @@
+"""Time a training epoch of the paper's MNIST MLP (60k MNIST-shaped images, batch 100).
+
+    python benchmarks/bench_train.py                      # H = 1024, 2048, 4096
+    python benchmarks/bench_train.py --hidden 4096 --batches 100
+
+For each width the packed-forward engine (hidden layers through the XNOR kernels) and the
+same engine with float forward are timed over ``--batches`` mini-batches of random
+MNIST-shaped data (timing does not depend on the values) and scaled to one epoch of 600
+batches.  The time is split by where it goes: forward of the binary layers, backward of
+the binary layers (float BLAS), batch norm (both directions), sign/STE, loss, optimizer.
+Results are printed and written to benchmarks/results/train_<time>.json.
+"""
+
+import argparse
+import collections
+import datetime
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minibnn import losses, optim, zoo  # noqa: E402
+from minibnn.checkpoint import atomic_write_text  # noqa: E402
+
+EPOCH_BATCHES = 600
+
+
+def category(layer):
+    name = type(layer).__name__
+    if "Dense" in name or "Conv" in name:
+        return "binary layers"
+    if "BatchNorm" in name:
+        return "batch norm"
+    return "sign/other"
+
+
+def instrument(model, totals):
+    """Wrap each layer's forward/backward to add its time to ``totals``."""
+    for layer in model.layers:
+        cat = category(layer)
+        fwd, bwd = layer.forward, layer.backward
+
+        def timed_fwd(x, training=True, _f=fwd, _c=cat):
+            t = time.perf_counter()
+            out = _f(x, training=training)
+            totals[f"{_c} forward"] += time.perf_counter() - t
+            return out
+
+        def timed_bwd(g, _b=bwd, _c=cat):
+            t = time.perf_counter()
+            out = _b(g)
+            totals[f"{_c} backward"] += time.perf_counter() - t
+            return out
+
+        layer.forward, layer.backward = timed_fwd, timed_bwd
+
+
+def run(hidden, backend, batches, seed=0):
+    model = zoo.build("mnist_mlp", hidden=hidden, depth=3, backend=backend, seed=seed)
+    opt = optim.Adam(model, lr=3e-3)
+    totals = collections.defaultdict(float)
+    instrument(model, totals)
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(batches + 2, 100, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, size=(batches + 2, 100))
+    # two warm-up batches (JIT compile, first allocations) are not timed
+    for i in range(2):
+        scores = model.forward(x[i], training=True)
+        _, g = losses.squared_hinge(scores, y[i], 10)
+        model.backward(g)
+        opt.step()
+    totals.clear()
+    t0 = time.perf_counter()
+    for i in range(2, batches + 2):
+        scores = model.forward(x[i], training=True)
+        t = time.perf_counter()
+        _, g = losses.squared_hinge(scores, y[i], 10)
+        totals["loss"] += time.perf_counter() - t
+        model.backward(g)
+        t = time.perf_counter()
+        opt.step()
+        totals["optimizer"] += time.perf_counter() - t
+    wall = time.perf_counter() - t0
+    scale = EPOCH_BATCHES / batches
+    return dict(hidden=hidden, backend=backend or "float", batches_timed=batches,
+                epoch_seconds=wall * scale,
+                split_seconds={k: v * scale for k, v in sorted(totals.items())})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hidden", type=int, nargs="*", default=[1024, 2048, 4096])
+    ap.add_argument("--batches", type=int, default=60, help="mini-batches timed per row")
+    ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    args = ap.parse_args(argv)
+    try:
+        from threadpoolctl import threadpool_info
+        print("BLAS:", [(d["internal_api"], d.get("architecture"), d["num_threads"]) for d in threadpool_info()])
+    except ImportError:
+        print("BLAS: threadpoolctl not installed")
+    rows = []
+    for h in args.hidden:
+        for backend in ("cpu", None):
+            r = run(h, backend, args.batches)
+            rows.append(r)
+            split = ", ".join(f"{k} {v:.1f}s" for k, v in r["split_seconds"].items())
+            print(f"H={h:5d} {r['backend']:>5} forward: epoch {r['epoch_seconds']:6.1f} s  ({split})", flush=True)
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, f"train_{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
+    atomic_write_text(path, json.dumps(rows, indent=2))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

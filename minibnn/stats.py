@@ -1,0 +1,56 @@
+"""Cheap per-epoch statistics of a binary network, recorded in ``metrics.jsonl``.
+
+* ``flip_ratio[name]`` -- the fraction of binary weights whose sign changed during the
+  epoch (sign at the end vs sign at the start);
+* ``ste_cancel[layer]`` -- the fraction of a sign activation's inputs with |x| > 1, i.e.
+  whose gradient the hard-tanh straight-through estimator cancels, averaged over the
+  epoch's mini-batches;
+* ``latent_hist[name]`` -- counts of the latent weights in ``HIST_BINS`` equal bins over
+  [-1, 1] at the end of the epoch (how they pile up at +-1).
+"""
+
+import numpy as np
+
+HIST_BINS = 20
+
+
+def _binary_params(model):
+    return [(name, p) for name, p, _g, info in model.parameters() if info.get("binary")]
+
+
+def _sign_layers(model):
+    return [(i, layer) for i, layer in enumerate(getattr(model, "layers", []))
+            if type(layer).__name__ == "SignActivation"]
+
+
+def ste_cancel_fraction(layer):
+    """Fraction of the last forward input of a SignActivation with |x| > 1 (None if unknown)."""
+    x = getattr(layer, "last_input", None)
+    if x is None:
+        return None
+    return float(np.mean(np.abs(x) > 1))
+
+
+class EpochStats:
+    def __init__(self, model):
+        self.start_signs = {name: p >= 0 for name, p in _binary_params(model)}
+        self.cancel_sum = {}
+        self.batches = 0
+
+    def after_batch(self, model):
+        self.batches += 1
+        for i, layer in _sign_layers(model):
+            frac = ste_cancel_fraction(layer)
+            if frac is not None:
+                self.cancel_sum[str(i)] = self.cancel_sum.get(str(i), 0.0) + frac
+
+    def summary(self, model):
+        flips, hists = {}, {}
+        for name, p in _binary_params(model):
+            if name in self.start_signs:
+                flips[name] = float(np.mean((p >= 0) != self.start_signs[name]))
+            hists[name] = np.histogram(p, bins=HIST_BINS, range=(-1.0, 1.0))[0].tolist()
+        out = dict(flip_ratio=flips, latent_hist=hists)
+        if self.batches and self.cancel_sum:
+            out["ste_cancel"] = {k: v / self.batches for k, v in self.cancel_sum.items()}
+        return out
