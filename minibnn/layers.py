@@ -528,6 +528,12 @@ class SignActivation(Layer):
     def _backward(self, grad_out, cache):
         return ste_sign_backward(grad_out, cache)
 
+    @property
+    def last_input(self):
+        """The input of the last forward pass (None before any), for statistics such as
+        the fraction whose STE gradient is cancelled (:mod:`minibnn.stats`)."""
+        return self._cache
+
 
 @_register
 class HardTanh(Layer):
