@@ -191,8 +191,6 @@ def binary_conv2d(x, w, stride=1, padding=0, backend=None):
     if Ho < 1 or Wo < 1:
         raise ValueError(f"binary_conv2d: kernel {KH}x{KW} larger than padded input "
                          f"{H + 2 * padding}x{W + 2 * padding}")
-    if padding >= max(KH, KW) + max(H, W):
-        raise ValueError("binary_conv2d: padding larger than kernel + input makes no sense")
     name = resolve_name(backend)
     mod = get_backend(name)
     if N == 0:

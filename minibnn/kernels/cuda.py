@@ -23,31 +23,32 @@ Kernels
   their XNOR kernel against.  Kept for the benchmark.
 * XNOR GEMM (:func:`xnor_gemm_device`): ``out[m, n] = k - 2 * sum_w popc(a[m, w] ^ b[n, w])``.
   A block of ``16 x 16`` threads computes a ``64 x 64`` output tile, each thread a
-  ``4 x 4`` register tile (rows ``ty + 16 i``, columns ``tx + 16 j``, so that shared
-  memory reads are conflict-free and the stores coalesce).  The K axis is walked in
-  tiles of 32 words (1024 bits) staged in shared memory (rows padded to 33 words against
-  bank conflicts).  Every global load and store is guarded, shared-memory tails are
-  zero-filled, so any ``M, N, K >= 1`` works.
-  ``cuda.popc`` is the bottleneck (16 results per clock per SM on Volta..Hopper against
-  64 for a XOR), so the default kernel halves the popcounts with a carry-save adder
-  (``csa=True``): two XOR words ``x0, x1`` are added into a running bit-sliced
-  counter ``ones`` and only the carries are popcounted,
-  ``popc(x0) + popc(x1) + popc(ones) = 2 popc(maj(ones, x0, x1)) + popc(ones ^ x0 ^ x1)``.
-  ``csa=False`` is the plain one-popcount-per-word kernel.
+  ``4 x 4`` register tile (rows ``ty + 16 i``, columns ``tx + 16 j``: conflict-free shared
+  reads, coalesced stores).  K is walked in stages of 32 words (1024 bits) held in shared
+  memory as 16 uint64 pairs per row (one 64-bit shared load feeds two words; rows padded
+  to 17 pairs against bank conflicts).  Every global load and store is guarded and the
+  shared tails are zero-filled, so any ``M, N, K >= 1`` works (zero bits add nothing).
+  ``cuda.popc`` runs at 16 results per clock per SM (Volta..Hopper) against 64 for a
+  logic op, so the default kernel (``csa=True``) halves the popcounts with a carry-save
+  adder: the two words ``x0, x1`` of a pair are added into a running bit-sliced counter
+  ``ones`` and only the carries are popcounted,
+  ``popc(o) + popc(x0) + popc(x1) = 2 popc(maj(o, x0, x1)) + popc(o ^ x0 ^ x1)``;
+  ``csa=False`` is the plain one-popcount-per-word kernel.  ptxas 13 (sm_90) gives the CSA
+  kernel 126 registers (capped at 128: two blocks per SM) and the plain one 94, no spills.
 * binary convolution (:func:`binary_conv2d_device`): channels packed per pixel into a
   padded NHWC buffer (border pixels packed as +1), packed im2col, the XNOR GEMM, then one
   kernel that subtracts the exact zero-padding correction (convention 6) and writes NCHW.
 
-Shapes and dtypes of the device-level helpers (all device arrays, C-contiguous):
+Device-level helpers (for the engine; all arguments device arrays, C-contiguous, all
+launches asynchronous on the default stream unless a NaN check syncs):
 
-========================  ==================================================================
-``pack_device``           x ``(R, K)`` float32/64 -> ``(R, 2 ceil(K/64))`` uint32
-``xnor_gemm_device``      a ``(M, KW)`` uint32, b ``(N, KW)`` uint32, ``KW >= ceil(k/32)``,
-                          bits past k zero -> out ``(M, N)`` int32
-``matmul_f32_tiled_device``  a ``(M, K)`` float32, b ``(K, N)`` float32 -> ``(M, N)`` float32
-``binary_conv2d_device``  x ``(N, C, H, W)`` float32/64, :class:`ConvWeights`
-                          -> ``(N, F, H', W')`` int32
-========================  ==================================================================
+* ``pack_device(x)``: x ``(R, K)`` float32/float64 -> ``(R, 2 ceil(K/64))`` uint32.
+* ``xnor_gemm_device(a, b, k, out)``: a ``(M, KW)`` uint32, b ``(N, KW)`` uint32 with
+  ``KW >= ceil(k/32)`` and zero bits past k -> out ``(M, N)`` int32.
+* ``matmul_f32_tiled_device(a, b, out)``: ``(M, K) @ (K, N)`` float32 -> ``(M, N)`` float32.
+* ``prepare_conv_weights(w)`` -> :class:`ConvWeights`; ``binary_conv2d_device(x, cw,
+  stride, padding)``: x ``(N, C, H, W)`` float32/float64 -> ``(N, F, H', W')`` int32.
+* ``words_to_device(words)``: host ``(R, W)`` uint64 -> device ``(R, 2 W)`` uint32.
 
 References: Hubara et al., "Binarized Neural Networks", NIPS 2016, Sec. 3 (XNOR kernel,
 23x faster than an unoptimized GPU kernel at 8192^3, 3.4x faster than cuBLAS).
@@ -87,9 +88,10 @@ class GemmConfig(NamedTuple):
 
 #: the GPU configuration: 256 threads, 4 x 4 outputs each, 64 x 64 tile, 1024 bits of K
 GEMM_GPU = GemmConfig(tx=16, ty=16, rm=4, rn=4, bk=32)
-#: the simulator's: 16 threads, 2 x 2 outputs each, 8 x 8 tile, 128 bits of K (so that small
-#: test matrices still cover several blocks and K stages)
-GEMM_SIM = GemmConfig(tx=4, ty=4, rm=2, rn=2, bk=4)
+#: the simulator's: 16 threads, the same 4 x 4 outputs each, 16 x 16 tile, 256 bits of K
+#: (small test matrices still span several blocks and K stages; fewer Python threads and
+#: barriers than smaller tiles: the fastest of the layouts tried in the simulator)
+GEMM_SIM = GemmConfig(tx=4, ty=4, rm=4, rn=4, bk=8)
 GEMM_CONFIG = GEMM_SIM if SIMULATOR else GEMM_GPU
 
 TILE_F32 = 16                                   # baseline float kernel: 16 x 16 threads
@@ -130,7 +132,7 @@ def check_available():
         raise
     except Exception as exc:
         raise BackendUnavailable(
-            f"backend 'cuda': a GPU was found but a test kernel failed: "
+            f"backend 'cuda': a test kernel (packing) failed to compile or run: "
             f"{type(exc).__name__}: {exc}") from exc
 
 
