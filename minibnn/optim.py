@@ -59,6 +59,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from .quantize import ap2
+
 __all__ = ["Optimizer", "SGD", "Adam", "AdaMax", "ShiftAdaMax", "Bop"]
 
 
@@ -123,23 +125,10 @@ def _flat_views(*arrays):
 # ---------------------------------------------------------------------------
 
 def _ap2(x):
-    """Power-of-two approximation: ``AP2(x) = sign(x) * 2 ** round(log2 |x|)``, ``AP2(0) = 0``.
-
-    Hubara et al. 2016, Sec. 2.5: a multiplication by ``AP2(x)`` is a bit shift.  Computed
-    without a logarithm, exactly: ``|x| = f * 2**e`` with ``f`` in ``[0.5, 1)``
-    (``np.frexp``), so ``log2 |x| = e + log2 f`` with ``log2 f`` in ``[-1, 0)`` and
-    ``round(log2 |x|) = e`` if ``f >= 2**-0.5`` else ``e - 1`` (``2**-0.5`` is irrational,
-    so there are no ties).  Works in float64; returns a float64 array (0-d for a scalar)
-    of exact powers of two, 0 where ``x`` is 0 (or not finite).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    f, e = np.frexp(np.abs(x))
-    e = e - (f < _SQRT_HALF)
-    ok = (x != 0) & np.isfinite(x)
-    return np.where(ok, np.copysign(np.ldexp(1.0, np.where(ok, e, 0)), x), 0.0)
+    """AP2 (:func:`minibnn.quantize.ap2`) in float64: ``sign(x) * 2**round(log2|x|)``, AP2(0) = 0."""
+    return ap2(np.asarray(x, dtype=np.float64))
 
 
-_SQRT_HALF = math.sqrt(0.5)
 
 
 def _scalar(v, kind=float):
@@ -542,7 +531,7 @@ class ShiftAdaMax(Optimizer):
 
     References
     ----------
-    Hubara et al., "Binarized Neural Networks", NIPS 2016 (arXiv:1602.02830v3), Sec. 2.5
+    Hubara et al., "Binarized Neural Networks", NIPS 2016 (arXiv:1602.02830v3), Sec. 1.5
     and Alg. 4.  Kingma & Ba 2015, Alg. 2 (AdaMax).
     """
 

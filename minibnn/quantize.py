@@ -190,6 +190,10 @@ def ap2(x):
     x = _real(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    with np.errstate(divide="ignore"):
-        mag = np.exp2(np.round(np.log2(np.abs(x))))      # log2(0) = -inf -> 2**-inf = 0
-    return (np.sign(x) * mag).astype(x.dtype, copy=False)
+    # exact: |x| = f * 2**e with f in [0.5, 1); round(log2|x|) is e when f >= sqrt(1/2),
+    # else e - 1 -- no floating-point log2 whose rounding could land on the wrong side
+    f, e = np.frexp(np.abs(x))
+    e = e - (f < np.sqrt(0.5))
+    ok = (x != 0) & np.isfinite(x)
+    mag = np.ldexp(np.ones_like(x), np.where(ok, e, 0))
+    return np.where(ok, np.copysign(mag, x), np.zeros_like(x)).astype(x.dtype, copy=False)
