@@ -32,32 +32,22 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import minibnn  # noqa: E402
+
+minibnn.quiet_blas_spin()  # before numpy loads OpenBLAS; see its docstring
+
+import numpy as np  # noqa: E402
+
+from _common import blas_info, settle  # noqa: E402
 from minibnn import zoo  # noqa: E402
 from minibnn.checkpoint import atomic_write_text  # noqa: E402
 from minibnn.layers import BatchNorm, BinaryDense  # noqa: E402
-from minibnn.packed import PackedModel, export  # noqa: E402
+from minibnn.packed import export  # noqa: E402
 from minibnn.quantize import sign  # noqa: E402
 
 TARGETS = {10000: 15.0, 100: 5.0}
-
-
-def blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-        return [{k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                for d in threadpool_info()]
-    except ImportError:
-        return "threadpoolctl not installed"
-
-
-def settle():
-    # OpenBLAS threads spin for a while after a call; give the cores back before the
-    # Numba kernels run so neither side is timed against the other's spinning threads
-    time.sleep(0.3)
 
 
 def load_images(n, rng):

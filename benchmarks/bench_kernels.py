@@ -10,48 +10,25 @@ printed and written as JSON to benchmarks/results/kernels_<time>.json.
 """
 
 import argparse
-import datetime
 import json
 import os
 import platform
 import sys
-import tempfile
-import time
-
-import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import minibnn  # noqa: E402
+
+minibnn.quiet_blas_spin()  # before numpy loads OpenBLAS; see its docstring
+
+import numpy as np  # noqa: E402
+
+from _common import blas_info, median_time, settle, write_json  # noqa: E402
 from minibnn import kernels  # noqa: E402
 from minibnn.kernels import cpu  # noqa: E402
 
 GEMM_SHAPES = [(100, 4096, 4096), (1000, 4096, 4096), (4096, 2304, 256), (4096, 4096, 4096)]
 CONV_CASE = dict(N=50, C=128, H=32, W=32, F=128, k=3, padding=1)
-
-
-def median_time(fn, repeats):
-    fn()  # warm-up (and JIT)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def settle():
-    # OpenBLAS threads spin for a while after a call; give the cores back before the
-    # Numba kernels run so neither side is timed against the other's spinning threads
-    time.sleep(0.3)
-
-
-def blas_info():
-    try:
-        from threadpoolctl import threadpool_info
-        return [{k: d.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                for d in threadpool_info()]
-    except ImportError:
-        return "threadpoolctl not installed"
 
 
 def float_conv_im2col(x, w, padding):
@@ -102,17 +79,6 @@ def bench_conv(case, repeats, rng):
     return dict(case=case, float32_ms=t_float * 1e3, binary_ms=t_bin * 1e3, ratio=t_float / t_bin)
 
 
-def write_json(result, directory):
-    os.makedirs(directory, exist_ok=True)
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(directory, f"kernels_{stamp}.json")
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(tmp, path)
-    return path
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer repeats and only the smaller shapes")
@@ -126,8 +92,7 @@ def main(argv=None):
     import numba
     env = dict(python=platform.python_version(), numpy=np.__version__, numba=numba.__version__,
                numba_threads=numba.get_num_threads(), cpu=platform.processor() or platform.machine(),
-               blas=blas_info(), OPENBLAS_CORETYPE=os.environ.get("OPENBLAS_CORETYPE"),
-               OPENBLAS_L2_SIZE=os.environ.get("OPENBLAS_L2_SIZE"))
+               blas=blas_info())
     print("environment:", json.dumps(env))
 
     rows = [bench_gemm(M, K, N, repeats, rng) for (M, K, N) in shapes]
@@ -145,7 +110,7 @@ def main(argv=None):
     print(f"conv N={c['N']} C={c['C']} {c['H']}x{c['W']} F={c['F']} {c['k']}x{c['k']} pad {c['padding']}: "
           f"float32 im2col+BLAS {conv['float32_ms']:.1f} ms, binary {conv['binary_ms']:.1f} ms, "
           f"ratio {conv['ratio']:.1f}x")
-    path = write_json(dict(env=env, gemm=rows, conv=conv, repeats=repeats), args.out_dir)
+    path = write_json("kernels", dict(env=env, gemm=rows, conv=conv, repeats=repeats), args.out_dir)
     print("wrote", path)
 
 

@@ -13,18 +13,21 @@ Results are printed and written to benchmarks/results/train_<time>.json.
 
 import argparse
 import collections
-import datetime
 import json
 import os
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import minibnn  # noqa: E402
+
+minibnn.quiet_blas_spin()  # before numpy loads OpenBLAS; see its docstring
+
+import numpy as np  # noqa: E402
+
+from _common import blas_info, write_json  # noqa: E402
 from minibnn import losses, optim, zoo  # noqa: E402
-from minibnn.checkpoint import atomic_write_text  # noqa: E402
 
 EPOCH_BATCHES = 600
 
@@ -97,11 +100,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=60, help="mini-batches timed per row")
     ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     args = ap.parse_args(argv)
-    try:
-        from threadpoolctl import threadpool_info
-        print("BLAS:", [(d["internal_api"], d.get("architecture"), d["num_threads"]) for d in threadpool_info()])
-    except ImportError:
-        print("BLAS: threadpoolctl not installed")
+    print("BLAS:", json.dumps(blas_info()))
     rows = []
     for h in args.hidden:
         for backend in ("cpu", None):
@@ -109,9 +108,7 @@ def main(argv=None):
             rows.append(r)
             split = ", ".join(f"{k} {v:.1f}s" for k, v in r["split_seconds"].items())
             print(f"H={h:5d} {r['backend']:>5} forward: epoch {r['epoch_seconds']:6.1f} s  ({split})", flush=True)
-    os.makedirs(args.out_dir, exist_ok=True)
-    path = os.path.join(args.out_dir, f"train_{datetime.datetime.now():%Y%m%d-%H%M%S}.json")
-    atomic_write_text(path, json.dumps(rows, indent=2))
+    path = write_json("train", dict(blas=blas_info(), rows=rows), args.out_dir)
     print("wrote", path)
 
 

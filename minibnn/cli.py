@@ -8,12 +8,16 @@
     minibnn summary mnist.bnn
 """
 
-import argparse
-import dataclasses
-import json
-import sys
+from . import quiet_blas_spin
 
-from .train import TrainConfig
+quiet_blas_spin()  # before anything imports numpy (see its docstring)
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from .train import TrainConfig  # noqa: E402
 
 
 def _add_train(sub):

@@ -148,7 +148,8 @@ def mnist_mlp(hidden=4096, depth=3, in_features=784, n_classes=10, dropout_in=0.
     bn : {"standard", "shift"}
         ``BatchNorm`` or ``ShiftBatchNorm`` (shift-based BN, Hubara et al. Alg. 3).
     backend : str or None
-        Kernel backend of the binary layers (None: the default backend).
+        Kernel backend of the hidden binary layers ("cpu", "cuda", "reference"): their
+        forward runs on the packed XNOR kernels.  None: float BLAS forward (same result).
     seed : int
         Seeds every layer's rng (see the module docstring).
 
@@ -247,7 +248,7 @@ def cifar10_convnet(width=1.0, n_classes=10, bn="standard", backend=None, seed=0
     n_classes : int
     bn : {"standard", "shift"}
     backend : str or None
-        Kernel backend of the binary layers.
+        Kernel backend of the hidden binary layers (None: float BLAS forward, same result).
     seed : int
     in_channels : int
         3 for CIFAR-10 / SVHN.

@@ -155,27 +155,31 @@ def _pack_cols(x2d, out):
 
 
 @njit(cache=True, parallel=True)
-def _sign_f32(x, out):
-    """out = sign(x) as float32 +-1 (sign(0) = +1); flat contiguous arrays.
-    Returns the number of NaN seen (their out entry is -1).
+def _abs_bits_max(xi, absmask):
+    """max over i of ``xi[i] & absmask``: the float bit patterns of x viewed as ints with
+    the sign bit cleared.  The input holds a NaN iff the result exceeds the bits of +inf.
+    An integer max reduction vectorizes; a NaN test inside the sign loop would not."""
+    m = xi.dtype.type(0)
+    for i in prange(xi.size):
+        m = max(m, xi[i] & absmask)
+    return m
 
-    Chunked so that each inner loop is a plain compare/select LLVM can vectorize; a
-    per-element reduction across the prange would not be.
-    """
-    n = x.size
-    chunk = 1 << 14
-    n_chunks = (n + chunk - 1) // chunk
-    nans = np.zeros(n_chunks, dtype=np.int64)
-    for c in prange(n_chunks):
-        lo = c * chunk
-        hi = min(n, lo + chunk)
-        bad = 0
-        for i in range(lo, hi):
-            v = x[i]
-            bad += v != v
-            out[i] = np.float32(1.0) if v >= 0 else np.float32(-1.0)
-        nans[c] = bad
-    return nans.sum()
+
+def has_nan(x):
+    """True if the contiguous float32/float64 array ``x`` holds a NaN (one parallel pass)."""
+    flat = x.reshape(-1)
+    if flat.size == 0:
+        return False
+    if x.dtype == np.float32:
+        return int(_abs_bits_max(flat.view(np.int32), np.int32(0x7FFFFFFF))) > 0x7F800000
+    return int(_abs_bits_max(flat.view(np.int64), np.int64(0x7FFFFFFFFFFFFFFF))) > 0x7FF0000000000000
+
+
+@njit(cache=True, parallel=True)
+def _sign_f32(x, out):
+    """out = sign(x) as float32 +-1 (sign(0) = +1, NaN -> -1); flat contiguous arrays."""
+    for i in prange(x.size):
+        out[i] = np.float32(1.0) if x[i] >= 0 else np.float32(-1.0)
 
 
 @njit(cache=True, parallel=True)
@@ -258,9 +262,11 @@ def sign_f32(x):
             raise ValueError("sign: input contains NaN, which has no sign")
         return np.where(x >= 0, np.float32(1), np.float32(-1))
     xc = np.ascontiguousarray(x)
-    out = np.empty(xc.shape, dtype=np.float32)
-    if xc.size and _sign_f32(xc.reshape(-1), out.reshape(-1)):
+    if has_nan(xc):
         raise ValueError("sign: input contains NaN, which has no sign")
+    out = np.empty(xc.shape, dtype=np.float32)
+    if xc.size:
+        _sign_f32(xc.reshape(-1), out.reshape(-1))
     return out
 
 
