@@ -63,15 +63,15 @@ def _compute_dtype(*arrays):
     return np.result_type(np.float32, *[a.dtype for a in arrays if a is not None])
 
 
-def _check_pm1(x, where):
-    # The packed path reads only the sign bit of x; a value that is not +-1 (e.g. from a
-    # Dropout between Sign and this layer) would silently be rounded to its sign, so the
-    # packed and float paths would disagree.  Refuse instead.
-    if not np.all((x == 1) | (x == -1)):
-        raise ValueError(f"{where}: binary_input=True with a kernel backend needs x in "
-                         "{-1, +1} (the output of a SignActivation); got other values "
-                         "(a Dropout after the sign gives 0 and +-1/(1-p) in training). "
-                         "Use backend=None (float path) or binary_input=False.")
+def _is_pm1(x):
+    """True if every entry of x is exactly +1 or -1.
+
+    The packed path reads only the sign bit of x, so it may run only then.  A Dropout
+    between a Sign and this layer makes the training-time input 0 or +-1/(1-p): that
+    product has no packed form and is computed by float BLAS instead (the same formula,
+    ``x @ sign(w)``); in evaluation mode dropout is the identity and the packed path runs.
+    """
+    return bool(np.all((x == 1) | (x == -1)))
 
 
 def conv_output_size(size, kernel, stride, padding):
@@ -161,7 +161,8 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
 
     Parameters
     ----------
-    x : (N, K) float32/64; in {-1, +1} when ``binary_input`` and ``backend`` is set.
+    x : (N, K) float32/64; the packed path runs when ``binary_input``, ``backend`` is set
+        and x is all +-1 (else float BLAS, same result; see :func:`_is_pm1`).
     w : (K, F) float, latent real weights.
     b : (F,) float or None.
     binary_input : bool, True for hidden layers (packed path allowed).
@@ -175,8 +176,7 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     cache : dict with ``x``, ``w_b`` (K, F) float32 +-1, ``has_bias`` and, on the packed
         path, ``prepared`` (the weights actually used, for reuse).
 
-    Raises ``ValueError`` for mismatched shapes, NaN in w, or a packed-path input not in
-    {-1, +1}.
+    Raises ``ValueError`` for mismatched shapes or NaN in w.
 
     References: Hubara et al. 2016, Sec. 1.1 (Eq. 1), Sec. 1.3, Alg. 1; Sec. 3 (XNOR).
     """
@@ -187,7 +187,7 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
                          f"and {w.shape}")
     K, F = w.shape
     dtype = _compute_dtype(x, b)
-    packed_path = binary_input and backend is not None
+    packed_path = binary_input and backend is not None and _is_pm1(x)
     if packed_path and prepared is None:
         # one pass over the latent weights gives both sign(w) (float, for backward) and
         # its packed columns (for the XNOR forward)
@@ -197,7 +197,6 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
         wb = sign(w)
     cache = {"x": x, "w_b": wb, "has_bias": b is not None}
     if packed_path:
-        _check_pm1(x, "binary_dense_forward")
         if prepared.k != K or prepared.n != F:
             raise ValueError(f"binary_dense_forward: prepared weights are for (K={prepared.k}, "
                              f"F={prepared.n}), w is {w.shape}")
@@ -362,8 +361,7 @@ def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, 
     wb = sign(w)
     cache = {"x": x, "w_b": wb, "cols": None, "stride": stride, "padding": padding,
              "has_bias": b is not None}
-    if binary_input and backend is not None:
-        _check_pm1(x, "binary_conv2d_forward")
+    if binary_input and backend is not None and _is_pm1(x):
         if x.shape[0] == 0:
             out = np.zeros((0, F, Ho, Wo), dtype=dtype)
         else:

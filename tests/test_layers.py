@@ -90,15 +90,21 @@ def test_set_backend_switches_path_not_result():
     assert_exact(a, b)
 
 
-def test_packed_path_rejects_non_binary_input():
-    layer = L.BinaryDense(4, 3, backend="cpu", rng=0)
-    with pytest.raises(ValueError, match=r"\{-1, \+1\}"):
-        layer.forward(np.array([[1.0, -1.0, 0.5, 1.0]]))
-    conv = L.BinaryConv2D(1, 2, 2, backend="cpu", rng=0)
-    with pytest.raises(ValueError, match=r"\{-1, \+1\}"):
-        conv.forward(np.zeros((1, 1, 3, 3)))
-    # the float path accepts anything (e.g. dropout-scaled +-2 / 0 during training)
-    L.BinaryDense(4, 3, rng=0).forward(np.array([[2.0, 0.0, -2.0, 2.0]]))
+def test_non_binary_input_takes_the_float_path():
+    # the packed path reads only sign bits; an input that is not all +-1 (e.g. dropout-
+    # scaled 0 / +-2 in training) must give the float product x @ sign(w), not its sign
+    x = np.array([[1.0, -1.0, 0.5, 1.0], [2.0, 0.0, -2.0, 2.0]])
+    packed = L.BinaryDense(4, 3, backend="cpu", rng=0)
+    plain = L.BinaryDense(4, 3, rng=0)
+    assert_exact(packed.forward(x), plain.forward(x))
+    assert packed.prepared is None
+    assert_exact(packed.forward(np.sign(x + 0.1)), plain.forward(np.sign(x + 0.1)))
+    assert packed.prepared is not None
+    xc = np.zeros((1, 1, 3, 3))
+    conv_packed = L.BinaryConv2D(1, 2, 2, backend="cpu", rng=0)
+    conv_plain = L.BinaryConv2D(1, 2, 2, rng=0)
+    assert_exact(conv_packed.forward(xc), conv_plain.forward(xc))
+    assert np.any(conv_plain.forward(xc) == 0)   # zeros, not the +1 a sign would give
 
 
 # ---------------------------------------------------------------------------
@@ -302,3 +308,17 @@ def test_bad_constructor_arguments():
         F.batchnorm_forward(np.zeros((2, 2)), np.ones(2), np.zeros(2), mode="training")
     with pytest.raises(ValueError, match="running"):
         F.batchnorm_forward(np.zeros((2, 2)), np.ones(2), np.zeros(2), mode="eval")
+
+
+def test_dropout_before_binary_layer_falls_back_to_float_in_training():
+    # Dropout after a Sign gives 0 and +-1/(1-p): no packed form, so the layer computes the
+    # same product with float BLAS in training; evaluation (no dropout) stays packed
+    from minibnn import zoo
+    model = zoo.build("mnist_mlp", hidden=32, depth=2, dropout_hidden=0.5, backend="cpu", seed=3)
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 1, 28, 28)).astype(np.float32)
+    ref = zoo.build("mnist_mlp", hidden=32, depth=2, dropout_hidden=0.5, backend=None, seed=3)
+    out = model.forward(x, training=True)          # same seed: same dropout masks
+    assert out.shape == (8, 10) and np.isfinite(out).all()
+    assert_exact(out, ref.forward(x, training=True))
+    assert_exact(model.forward(x, training=False), ref.forward(x, training=False))
+    assert model[5].prepared is not None           # the hidden layer ran packed in eval
