@@ -128,33 +128,6 @@ def _pack_rows(x2d, out):
 
 
 @njit(cache=True, parallel=True)
-def _pack_cols(x2d, out):
-    """x2d: (K, F) float C-contiguous; out: (F, ceil(K/64)) uint64 = pack(x2d.T).
-
-    Works word by word along K so that each step reads whole contiguous rows of x2d
-    (vectorized over F) instead of transposing a large matrix first.
-    Returns 1 if any NaN was seen, else 0.
-    """
-    K, F = x2d.shape
-    W = out.shape[1]
-    nan_words = np.zeros(W, dtype=np.uint8)
-    for w in prange(W):
-        acc = np.zeros(F, dtype=np.uint64)
-        bad = np.zeros(F, dtype=np.uint8)
-        for j in range(min(64, K - w * 64)):
-            bit = np.uint64(1) << np.uint64(j)
-            k = w * 64 + j
-            for f in range(F):
-                v = x2d[k, f]
-                acc[f] |= bit if v >= 0 else np.uint64(0)
-                bad[f] |= np.uint8(1) if v != v else np.uint8(0)
-        for f in range(F):
-            out[f, w] = acc[f]
-        nan_words[w] = bad.max() if F > 0 else 0
-    return nan_words.max() if W > 0 else 0
-
-
-@njit(cache=True, parallel=True)
 def _abs_bits_max(xi, absmask):
     """max over i of ``xi[i] & absmask``: the float bit patterns of x viewed as ints with
     the sign bit cleared.  The input holds a NaN iff the result exceeds the bits of +inf.
@@ -183,28 +156,46 @@ def _sign_f32(x, out):
 
 
 @njit(cache=True, parallel=True)
-def _sign_pack_cols(x2d, signs, out):
-    """One pass over x2d (K, F): signs (K, F) float32 +-1 and out (F, W) = pack(x2d.T).
-    Returns 1 if any NaN was seen."""
+def _sign_pack_cols(x2d, signs, out, write_signs):
+    """One pass over x2d (K, F): out (F, W) = pack(x2d.T) and, if ``write_signs``,
+    signs (K, F) float32 +-1.
+
+    Works word by word along K so that each step reads whole contiguous rows of x2d
+    (vectorized over F) instead of transposing a large matrix first.  NaN is checked by
+    the caller (:func:`has_nan`), which keeps this loop free of a reduction.
+    """
     K, F = x2d.shape
     W = out.shape[1]
-    nan_words = np.zeros(W, dtype=np.uint8)
     for w in prange(W):
         acc = np.zeros(F, dtype=np.uint64)
-        bad = np.zeros(F, dtype=np.uint8)
         for j in range(min(64, K - w * 64)):
             bit = np.uint64(1) << np.uint64(j)
             k = w * 64 + j
-            for f in range(F):
-                v = x2d[k, f]
-                pos = v >= 0
-                acc[f] |= bit if pos else np.uint64(0)
-                signs[k, f] = np.float32(1.0) if pos else np.float32(-1.0)
-                bad[f] |= np.uint8(1) if v != v else np.uint8(0)
+            if write_signs:
+                for f in range(F):
+                    pos = x2d[k, f] >= 0
+                    acc[f] |= bit if pos else np.uint64(0)
+                    signs[k, f] = np.float32(1.0) if pos else np.float32(-1.0)
+            else:
+                for f in range(F):
+                    acc[f] |= bit if x2d[k, f] >= 0 else np.uint64(0)
         for f in range(F):
             out[f, w] = acc[f]
-        nan_words[w] = bad.max() if F > 0 else 0
-    return nan_words.max() if W > 0 else 0
+
+
+def _columns_input(x, what):
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what}: x must be 2-D (K, F), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{what}: x has shape {x.shape}; K and F must be >= 1")
+    x = _as_real_array(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    x = np.ascontiguousarray(x)
+    if has_nan(x):
+        raise ValueError(f"{what}: input contains NaN, which has no sign")
+    return x
 
 
 def sign_pack_columns(x):
@@ -214,16 +205,11 @@ def sign_pack_columns(x):
     the float backward, ``dx = dout @ signs.T``) and ``words`` (F, ceil(K/64)) uint64
     equal to ``pack(x.T)`` (for the XNOR forward).  Raises ``ValueError`` on NaN.
     """
-    x = _as_real_array(x)
-    if x.ndim != 2:
-        raise ValueError(f"sign_pack_columns: x must be 2-D (K, F), got shape {x.shape}")
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float64)
-    x = np.ascontiguousarray(x)
+    x = _columns_input(x, "sign_pack_columns")
     signs = np.empty(x.shape, dtype=np.float32)
     out = np.empty((x.shape[1], n_words(x.shape[0])), dtype=np.uint64)
-    if x.shape[1] and _sign_pack_cols(x, signs, out):
-        raise ValueError("sign_pack_columns: input contains NaN, which has no sign")
+    if x.shape[1]:
+        _sign_pack_cols(x, signs, out, True)
     return signs, out
 
 
@@ -234,17 +220,10 @@ def pack_columns(x):
     weights are stored (K, F), while the GEMM wants the F columns as packed rows.
     Raises ``ValueError`` for NaN, K = 0 or a non-2-D input, ``TypeError`` for a non-real dtype.
     """
-    x = _as_real_array(x)
-    if x.ndim != 2:
-        raise ValueError(f"pack_columns: x must be 2-D (K, F), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError("pack_columns: K = 0, nothing to pack")
-    if x.dtype not in (np.float32, np.float64):
-        x = x.astype(np.float64)
-    x = np.ascontiguousarray(x)
+    x = _columns_input(x, "pack_columns")
     out = np.empty((x.shape[1], n_words(x.shape[0])), dtype=np.uint64)
-    if x.shape[1] and _pack_cols(x, out):
-        raise ValueError("pack_columns: input contains NaN, which has no sign")
+    if x.shape[1]:
+        _sign_pack_cols(x, np.empty((0, 0), np.float32), out, False)
     return out
 
 
