@@ -392,7 +392,19 @@ class SGD(Optimizer):
 # Adam / AdaMax
 # ---------------------------------------------------------------------------
 
-class Adam(Optimizer):
+class _MomentOptimizer(Optimizer):
+    """Common part of the Adam family: checked ``beta1``, ``beta2`` in [0, 1), ``eps`` > 0."""
+
+    hyper = ("beta1", "beta2", "eps")
+
+    def __init__(self, params_source, lr, beta1, beta2, eps):
+        Optimizer.__init__(self, params_source, lr)
+        self.beta1 = _check_hyper("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
+        self.beta2 = _check_hyper("beta2", beta2, lo=0.0, hi=1.0, hi_open=True)
+        self.eps = _check_hyper("eps", eps, lo=0.0, lo_open=True)
+
+
+class Adam(_MomentOptimizer):
     """Adam (Kingma & Ba 2015, Alg. 1, in the "efficient" form of their Sec. 2).
 
     With ``eta = lr * lr_scale`` (binary params) or ``lr`` (others), step ``t = 1, 2, ...``
@@ -422,13 +434,9 @@ class Adam(Optimizer):
     """
 
     slots = ("m", "v")
-    hyper = ("beta1", "beta2", "eps")
 
     def __init__(self, params_source, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-        super().__init__(params_source, lr)
-        self.beta1 = _check_hyper("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
-        self.beta2 = _check_hyper("beta2", beta2, lo=0.0, hi=1.0, hi_open=True)
-        self.eps = _check_hyper("eps", eps, lo=0.0, lo_open=True)
+        super().__init__(params_source, lr, beta1, beta2, eps)
 
     def _update(self, name, param, grad, info, lr_eff, clip=False):
         b1, b2, t = self.beta1, self.beta2, self.t
@@ -447,7 +455,7 @@ class Adam(Optimizer):
         return False
 
 
-class AdaMax(Optimizer):
+class AdaMax(_MomentOptimizer):
     """AdaMax, the infinity-norm variant of Adam (Kingma & Ba 2015, Alg. 2).
 
     With ``eta = lr * lr_scale`` (binary params) or ``lr`` (others), step ``t`` and
@@ -473,13 +481,9 @@ class AdaMax(Optimizer):
     """
 
     slots = ("m", "u")
-    hyper = ("beta1", "beta2", "eps")
 
     def __init__(self, params_source, lr, beta1=0.9, beta2=0.999, eps=1e-8):
-        super().__init__(params_source, lr)
-        self.beta1 = _check_hyper("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
-        self.beta2 = _check_hyper("beta2", beta2, lo=0.0, hi=1.0, hi_open=True)
-        self.eps = _check_hyper("eps", eps, lo=0.0, lo_open=True)
+        super().__init__(params_source, lr, beta1, beta2, eps)
 
     def _update(self, name, param, grad, info, lr_eff, clip=False):
         b1, b2, t = self.beta1, self.beta2, self.t
@@ -496,7 +500,7 @@ class AdaMax(Optimizer):
         return False
 
 
-class ShiftAdaMax(Optimizer):
+class ShiftAdaMax(_MomentOptimizer):
     """Shift-based AdaMax (Hubara et al. 2016, Alg. 4): AdaMax with power-of-two factors.
 
     Alg. 4 writes the update as ``theta <- theta - (alpha >>> (1 - beta1)) * m >>> v^-1``,
@@ -536,13 +540,9 @@ class ShiftAdaMax(Optimizer):
     """
 
     slots = ("m", "v")
-    hyper = ("beta1", "beta2", "eps")
 
     def __init__(self, params_source, lr, beta1=1.0 - 2.0 ** -3, beta2=1.0 - 2.0 ** -10, eps=1e-8):
-        super().__init__(params_source, lr)
-        self.beta1 = _check_hyper("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
-        self.beta2 = _check_hyper("beta2", beta2, lo=0.0, hi=1.0, hi_open=True)
-        self.eps = _check_hyper("eps", eps, lo=0.0, lo_open=True)
+        super().__init__(params_source, lr, beta1, beta2, eps)
 
     def _update(self, name, param, grad, info, lr_eff, clip=False):
         b1, b2, t = self.beta1, self.beta2, self.t
