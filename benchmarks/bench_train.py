@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import minibnn  # noqa: E402
 
 minibnn.quiet_blas_spin()  # before numpy loads OpenBLAS; see its docstring
+minibnn.keep_large_allocations()  # big per-step buffers stay mapped; see its docstring
 
 import numpy as np  # noqa: E402
 

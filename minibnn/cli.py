@@ -8,9 +8,10 @@
     minibnn summary mnist.bnn
 """
 
-from . import quiet_blas_spin
+from . import keep_large_allocations, quiet_blas_spin
 
 quiet_blas_spin()  # before anything imports numpy (see its docstring)
+keep_large_allocations()  # per-step backward buffers are reused, not page-faulted in
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402

@@ -31,6 +31,7 @@ References: Hubara et al., "Binarized Neural Networks", NIPS 2016: Sec. 1.1-1.3
 import numpy as np
 
 from . import kernels
+from .kernels import reference, unfold
 from .quantize import ap2, sign, ste_mask
 
 __all__ = [
@@ -241,18 +242,16 @@ def im2col(x, kh, kw, stride=1, padding=0):
     dtype: row ``(n * H' + i) * W' + j`` holds the window whose top-left corner is
     ``(i * stride, j * stride)`` in the padded image, flattened in ``(c, kh, kw)``
     order -- the order of ``w.reshape(F, C * kh * kw)``, so a convolution is
-    ``cols @ w.reshape(F, -1).T``.
+    ``cols @ w.reshape(F, -1).T``.  ``H' = (H + 2 * padding - kh) // stride + 1``.
+
+    float32/float64 input runs through the Numba kernel
+    :func:`minibnn.kernels.unfold.im2col`; other dtypes through its NumPy twin
+    :func:`minibnn.kernels.reference.im2col`.
     """
-    N, C, H, W = x.shape
-    Ho = conv_output_size(H, kh, stride, padding)
-    Wo = conv_output_size(W, kw, stride, padding)
-    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
-    cols = np.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
-    # one strided slice per kernel tap: tap (i, j) of every window at once
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(N * Ho * Wo, C * kh * kw)
+    _check_unfold(x.shape, kh, kw, stride, padding, "im2col")
+    if x.dtype in (np.float32, np.float64):
+        return unfold.im2col(np.ascontiguousarray(x), kh, kw, stride, padding)
+    return reference.im2col(x, kh, kw, stride, padding)
 
 
 def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
@@ -260,18 +259,34 @@ def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
 
     cols : (N * H' * W', C * kh * kw).  Returns (N, C, H, W) = ``x_shape``; a pixel
     covered by several windows receives the sum of their entries (this is what makes it
-    the gradient of im2col).
+    the gradient of im2col).  Numba kernel for float32/float64
+    (:func:`minibnn.kernels.unfold.col2im`), NumPy twin otherwise.
     """
-    N, C, H, W = x_shape
+    N, C, H, W = _check_unfold(x_shape, kh, kw, stride, padding, "col2im")
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
-    c6 = cols.reshape(N, Ho, Wo, C, kh, kw)
-    xp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += \
-                c6[:, :, :, :, i, j].transpose(0, 3, 1, 2)
-    return xp[:, :, padding:padding + H, padding:padding + W]
+    if cols.shape != (N * Ho * Wo, C * kh * kw):
+        raise ValueError(f"col2im: cols must be ({N * Ho * Wo}, {C * kh * kw}) for x_shape "
+                         f"{tuple(x_shape)}, kernel {kh}x{kw}, stride {stride}, padding "
+                         f"{padding}; got {cols.shape}")
+    if cols.dtype in (np.float32, np.float64):
+        return unfold.col2im(np.ascontiguousarray(cols), tuple(x_shape), kh, kw, stride, padding)
+    return reference.col2im(cols, x_shape, kh, kw, stride, padding)
+
+
+def _check_unfold(shape, kh, kw, stride, padding, where):
+    """Shape/geometry checks shared by im2col and col2im (the Numba kernels do none)."""
+    if len(shape) != 4:
+        raise ValueError(f"{where}: x must be (N, C, H, W), got shape {tuple(shape)}")
+    for name, v, lo in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1),
+                        ("padding", padding, 0)):
+        if int(v) != v or v < lo:
+            raise ValueError(f"{where}: {name} must be an integer >= {lo}, got {v!r}")
+    N, C, H, W = shape
+    if H + 2 * padding < kh or W + 2 * padding < kw:
+        raise ValueError(f"{where}: kernel {kh}x{kw} larger than the padded image "
+                         f"{H + 2 * padding}x{W + 2 * padding}")
+    return N, C, H, W
 
 
 def _rows_to_nchw(rows, N, Ho, Wo):

@@ -63,6 +63,23 @@ def check_binary_conv2d(x, w, stride, padding, backend=None):
                  f"binary_conv2d[{backend}] stride={stride} padding={padding}")
 
 
+def check_unfold(x, kh, kw, stride, padding):
+    """Numba im2col == the NumPy twin bit for bit (a copy); col2im (a sum) to rounding.
+
+    x (N, C, H, W) float32/float64.  col2im is fed random rows; its twin adds the same
+    terms per pixel in another order, so the bound is a few ulps of the summed magnitude.
+    """
+    from .functional import col2im, im2col
+    cols = im2col(x, kh, kw, stride, padding)
+    assert_exact(cols, reference.im2col(x, kh, kw, stride, padding), "im2col vs reference")
+    c = np.random.default_rng(cols.size).standard_normal(cols.shape).astype(x.dtype)
+    got = col2im(c, x.shape, kh, kw, stride, padding)
+    want = reference.col2im(c, x.shape, kh, kw, stride, padding)
+    assert got.shape == x.shape and got.dtype == x.dtype and got.flags.c_contiguous
+    tol = 8 * kh * kw * np.finfo(x.dtype).eps
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(c).max()))
+
+
 def rel_error(x, y):
     """max |x - y| / max(1e-8, |x| + |y|), elementwise (CS231n's gradient-check measure)."""
     x = np.asarray(x, dtype=np.float64)

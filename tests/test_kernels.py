@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from minibnn import kernels
 from minibnn.kernels import bitpack, reference
 from minibnn.testing import (assert_exact, check_binary_conv2d, check_binary_matmul,
-                             check_pack_roundtrip, check_xnor_gemm, conv_cases,
+                             check_pack_roundtrip, check_unfold, check_xnor_gemm, conv_cases,
                              gemm_operands, real_arrays, k_values)
 
 rng = np.random.default_rng(20161205)
@@ -295,3 +295,35 @@ def test_sign_pack_columns(x):
     signs, words = kernels.sign_pack_columns(x)
     assert_exact(signs, reference.sign(x).astype(np.float32))
     assert_exact(words, reference.pack(x.T))
+
+
+# ---------------------------------------------------------------- float im2col / col2im
+# (training backward of every convolution: minibnn.kernels.unfold vs its NumPy twin)
+
+@given(conv_cases(max_c=9), st.sampled_from([np.float32, np.float64]))
+def test_unfold_property(case, dtype):
+    x, w, stride, padding = case
+    check_unfold(x.astype(dtype), w.shape[2], w.shape[3], stride, padding)
+
+
+@pytest.mark.parametrize("shape,k,stride,padding", [
+    ((50, 64, 8, 8), (3, 3), 1, 1),      # the CIFAR layout's first binary layer, smaller
+    ((1, 1, 1, 1), (1, 1), 1, 0),
+    ((2, 3, 5, 5), (5, 5), 1, 2),        # kernel = image: every window reaches the border
+    ((2, 2, 7, 6), (3, 2), 3, 2),        # stride larger than the kernel: skipped pixels
+])
+def test_unfold_cases(shape, k, stride, padding):
+    check_unfold(rng.standard_normal(shape).astype(np.float32), *k, stride, padding)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda F: F.im2col(np.zeros((2, 3, 4)), 3, 3), "must be .N, C, H, W."),
+    (lambda F: F.im2col(np.zeros((1, 1, 2, 2)), 3, 3), "larger than the padded image"),
+    (lambda F: F.im2col(np.zeros((1, 1, 4, 4)), 3, 3, stride=0), "stride must be"),
+    (lambda F: F.im2col(np.zeros((1, 1, 4, 4)), 3, 3, padding=-1), "padding must be"),
+    (lambda F: F.col2im(np.zeros((5, 9)), (1, 1, 4, 4), 3, 3), r"cols must be \(4, 9\)"),
+])
+def test_unfold_rejects_bad_geometry(call, match):
+    from minibnn import functional as F
+    with pytest.raises(ValueError, match=match):
+        call(F)

@@ -72,6 +72,42 @@ def conv_output_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def im2col(x, kh, kw, stride=1, padding=0):
+    """Unfold x (N, C, H, W) -> (N * H' * W', C * kh * kw), one NumPy slice per kernel tap.
+
+    Row ``(n * H' + i) * W' + j`` is the window at ``(i * stride, j * stride)`` of the
+    zero-padded image, columns in ``(c, kh, kw)`` order.  Twin of
+    :func:`minibnn.kernels.unfold.im2col`.
+    """
+    N, C, H, W = x.shape
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding))) if padding else x
+    cols = np.empty((N, C, kh, kw, Ho, Wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
+    return cols.transpose(0, 4, 5, 1, 2, 3).reshape(N * Ho * Wo, C * kh * kw)
+
+
+def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
+    """Adjoint of :func:`im2col`: add every window's entries back at its pixels.
+
+    cols (N * H' * W', C * kh * kw) -> (N, C, H, W).  Twin of
+    :func:`minibnn.kernels.unfold.col2im`.
+    """
+    N, C, H, W = x_shape
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
+    c6 = cols.reshape(N, Ho, Wo, C, kh, kw)
+    xp = np.zeros((N, C, H + 2 * padding, W + 2 * padding), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            xp[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += \
+                c6[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return xp[:, :, padding:padding + H, padding:padding + W]
+
+
 def binary_conv2d(x, w, stride=1, padding=0):
     """Cross-correlation of sign(x) and sign(w) with zero padding, as float loops.
 

@@ -1,0 +1,105 @@
+"""Float im2col / col2im for the convolution backward, compiled with ``numba.njit``.
+
+The training backward of every convolution (binary or float) is two float GEMMs around an
+unfolding of the input (Hubara et al. 2016, Sec. 1.3: gradients are computed in float
+against ``sign(w)``)::
+
+    cols = im2col(x)                    # (N * H' * W', C * KH * KW)
+    dw   = dout_rows.T @ cols           # (F, C * KH * KW)
+    dx   = col2im(dout_rows @ w_mat)    # (N, C, H, W)
+
+The GEMMs go to BLAS; these two kernels replace NumPy's strided copies, which were the
+larger part of the backward time on small images (measured in
+``benchmarks/bench_train.py --conv``): one parallel pass per image, writing each row of
+``cols`` contiguously, and a col2im that reads ``cols`` row by row and scatters into one
+image at a time (an image's gradient stays in cache; images are independent, so the
+``prange`` over images has no write races).
+
+Both are exact twins of :func:`minibnn.kernels.reference.im2col` /
+:func:`~minibnn.kernels.reference.col2im`: im2col is a copy (bit-identical); col2im adds
+the same terms per pixel, in window order instead of tap order, so float results agree to
+rounding (tests/test_kernels.py compares them).
+
+Layout (both functions): ``x: (N, C, H, W)``, ``cols: (N * H' * W', C * KH * KW)``, row
+``(n * H' + i) * W' + j`` = window with top-left corner ``(i * stride - padding,
+j * stride - padding)``, columns in ``(c, kh, kw)`` order (that of
+``w.reshape(F, C * KH * KW)``); taps outside the image read as 0 (zero padding).
+``H' = (H + 2 * padding - KH) // stride + 1`` (same for W').  Arguments arrive validated
+and C-contiguous (:func:`minibnn.functional.im2col` checks them).
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, parallel=True)
+def im2col_into(x, kh, kw, stride, padding, Ho, Wo, cols):
+    """x (N, C, H, W) float -> cols (N * Ho * Wo, C * kh * kw), same dtype, filled."""
+    N, C, H, W = x.shape
+    for r in prange(N * Ho):           # one output row of one image per iteration
+        n = r // Ho
+        i = r - n * Ho
+        y0 = i * stride - padding
+        for j in range(Wo):
+            row = (n * Ho + i) * Wo + j
+            x0 = j * stride - padding
+            col = 0
+            for c in range(C):
+                for a in range(kh):
+                    y = y0 + a
+                    inside_y = 0 <= y < H
+                    for b in range(kw):
+                        xx = x0 + b
+                        if inside_y and 0 <= xx < W:
+                            cols[row, col] = x[n, c, y, xx]
+                        else:
+                            cols[row, col] = 0.0
+                        col += 1
+    return cols
+
+
+@njit(cache=True, parallel=True)
+def col2im_into(cols, kh, kw, stride, padding, Ho, Wo, out):
+    """cols (N * Ho * Wo, C * kh * kw) -> out (N, C, H, W): zeroed, then every window's
+    entries added back at their pixels (the adjoint of :func:`im2col_into`)."""
+    N, C, H, W = out.shape
+    for n in prange(N):                # images are independent: no two threads share a pixel
+        out[n] = 0.0
+        for i in range(Ho):
+            y0 = i * stride - padding
+            for j in range(Wo):
+                row = (n * Ho + i) * Wo + j
+                x0 = j * stride - padding
+                col = 0
+                for c in range(C):
+                    for a in range(kh):
+                        y = y0 + a
+                        inside_y = 0 <= y < H
+                        for b in range(kw):
+                            xx = x0 + b
+                            if inside_y and 0 <= xx < W:
+                                out[n, c, y, xx] += cols[row, col]
+                            col += 1
+    return out
+
+
+def im2col(x, kh, kw, stride, padding):
+    """Unfold x (N, C, H, W) float32/float64 C-contiguous -> (N*H'*W', C*kh*kw), x's dtype."""
+    N, C, H, W = x.shape
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (W + 2 * padding - kw) // stride + 1
+    cols = np.empty((N * Ho * Wo, C * kh * kw), dtype=x.dtype)
+    if cols.size:
+        im2col_into(x, kh, kw, stride, padding, Ho, Wo, cols)
+    return cols
+
+
+def col2im(cols, x_shape, kh, kw, stride, padding):
+    """Adjoint of :func:`im2col`: cols (N*H'*W', C*kh*kw) C-contiguous -> (N, C, H, W)."""
+    N, C, H, W = x_shape
+    Ho = (H + 2 * padding - kh) // stride + 1
+    Wo = (W + 2 * padding - kw) // stride + 1
+    out = np.zeros((N, C, H, W), dtype=cols.dtype)
+    if cols.size:
+        col2im_into(cols, kh, kw, stride, padding, Ho, Wo, out)
+    return out
