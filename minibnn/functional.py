@@ -31,7 +31,7 @@ References: Hubara et al., "Binarized Neural Networks", NIPS 2016: Sec. 1.1-1.3
 import numpy as np
 
 from . import kernels
-from .kernels import reference, unfold
+from .kernels import pool, reference, unfold
 from .quantize import ap2, sign, ste_mask
 
 __all__ = [
@@ -433,6 +433,16 @@ def _from_rows(rows, shape):
     return np.ascontiguousarray(rows.reshape(N, H, W, C).transpose(0, 3, 1, 2))
 
 
+def _feature_axes(x, where):
+    """Reduction axes and the broadcast shape of per-feature vectors: (N, D) -> ((0,),
+    (1, D)); (N, C, H, W) -> ((0, 2, 3), (1, C, 1, 1)) (statistics per channel)."""
+    if x.ndim == 2:
+        return (0,), (1, x.shape[1])
+    if x.ndim == 4:
+        return (0, 2, 3), (1, x.shape[1], 1, 1)
+    raise ValueError(f"{where}: x must be (N, D) or (N, C, H, W), got shape {x.shape}")
+
+
 def _check_mode(mode, running_mean, running_var, where):
     if mode not in _MODES:
         raise ValueError(f"{where}: mode must be 'train' or 'eval', got {mode!r}")
@@ -479,17 +489,17 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     """
     x = _as_float(x)
     mode = _check_mode(mode, running_mean, running_var, "batchnorm_forward")
-    rows = _to_rows(x, "batchnorm_forward")
+    axes, bshape = _feature_axes(x, "batchnorm_forward")
     if mode == "train":
-        mu = rows.mean(axis=0)
-        var = rows.var(axis=0)
+        mu = x.mean(axis=axes)
+        var = x.var(axis=axes)
         _update_running(running_mean, mu, momentum)
         _update_running(running_var, var, momentum)
     else:
         mu, var = running_mean, running_var
     inv_std = 1.0 / np.sqrt(var + eps)
-    xhat = (rows - mu) * inv_std
-    out = _from_rows(gamma * xhat + beta, x.shape)
+    xhat = (x - np.reshape(mu, bshape)) * np.reshape(inv_std, bshape)
+    out = np.reshape(gamma, bshape) * xhat + np.reshape(beta, bshape)
     return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "mode": mode,
                  "shape": x.shape}
 
@@ -500,20 +510,26 @@ def batchnorm_backward(dout, cache):
 
     dout : like x.  Returns ``dx`` (like x), ``dgamma``, ``dbeta`` ((D,) or (C,)).
 
-    Train-mode rule, m rows per feature, ``g = dout * gamma``:
-    ``dx = inv_std / m * (m * g - sum(g) - x_hat * sum(g * x_hat))``.
+    Train-mode rule, m values per feature (N, or N * H * W per channel)::
+
+        dbeta  = sum(dout);   dgamma = sum(dout * x_hat)
+        dx     = gamma * inv_std / m * (m * dout - dbeta - x_hat * dgamma)
+
+    (the textbook ``inv_std / m * (m g - sum g - x_hat sum(g x_hat))`` with ``g = dout *
+    gamma``, gamma being constant per feature); eval: ``dx = dout * gamma * inv_std``.
     """
-    d = _to_rows(dout, "batchnorm_backward")
+    axes, bshape = _feature_axes(dout, "batchnorm_backward")
     xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
-    dbeta = d.sum(axis=0)
-    dgamma = (d * xhat).sum(axis=0)
-    g = d * gamma
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * xhat).sum(axis=axes)
+    scale = np.reshape(gamma * inv_std, bshape)
     if cache["mode"] == "train":
-        m = d.shape[0]
-        dx = (inv_std / m) * (m * g - g.sum(axis=0) - xhat * (g * xhat).sum(axis=0))
+        m = dout.size // dbeta.size
+        dx = (scale / m) * (m * dout - np.reshape(dbeta, bshape)
+                            - xhat * np.reshape(dgamma, bshape))
     else:
-        dx = g * inv_std
-    return _from_rows(dx, cache["shape"]), dgamma, dbeta
+        dx = dout * scale
+    return dx, dgamma, dbeta
 
 
 def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
@@ -613,8 +629,9 @@ def maxpool2d_forward(x, kernel=2, stride=None):
     Returns
     -------
     out : (N, C, H', W'), ``H' = (H - kernel) // stride + 1``, x's dtype.
-    cache : ``(x_shape, argmax (N, C, H', W') int, kernel, stride)``; ties go to the
-        first window position in row-major order.
+    cache : ``(x_shape, argmax (N, C, H', W') int32, kernel, stride)``; argmax is the
+        tap ``a * kernel + b`` of the first maximum in row-major order.
+    Numba kernel :mod:`minibnn.kernels.pool` for float32/float64, NumPy twin otherwise.
     """
     x = _as_float(x)
     stride = kernel if stride is None else stride
@@ -627,26 +644,23 @@ def maxpool2d_forward(x, kernel=2, stride=None):
     Wo = conv_output_size(W, kernel, stride, 0)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"maxpool2d_forward: window {kernel} larger than input {H}x{W}")
-    taps = np.empty((kernel * kernel, N, C, Ho, Wo), dtype=x.dtype)
-    for i in range(kernel):
-        for j in range(kernel):
-            taps[i * kernel + j] = x[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride]
-    arg = taps.argmax(axis=0)
-    out = np.take_along_axis(taps, arg[None], axis=0)[0]
+    if x.dtype in (np.float32, np.float64):
+        out, arg = pool.maxpool2d(np.ascontiguousarray(x), kernel, stride)
+    else:
+        out, arg = reference.maxpool2d(x, kernel, stride)
     return out, (x.shape, arg, kernel, stride)
 
 
 def maxpool2d_backward(dout, cache):
     """Gradient of :func:`maxpool2d_forward`: dout (N, C, H', W') -> dx (N, C, H, W),
-    each output's gradient routed to its argmax (summed where windows overlap)."""
+    each output's gradient routed to its argmax (summed where windows overlap).
+    Numba kernel :mod:`minibnn.kernels.pool` for float32/float64, NumPy twin otherwise."""
     shape, arg, kernel, stride = cache
-    Ho, Wo = arg.shape[2:]
-    dx = np.zeros(shape, dtype=dout.dtype)
-    for i in range(kernel):
-        for j in range(kernel):
-            dx[:, :, i:i + stride * Ho:stride, j:j + stride * Wo:stride] += \
-                np.where(arg == i * kernel + j, dout, 0)
-    return dx
+    if dout.shape != arg.shape:
+        raise ValueError(f"maxpool2d_backward: dout must have shape {arg.shape}, got {dout.shape}")
+    if dout.dtype in (np.float32, np.float64):
+        return pool.maxpool2d_backward(np.ascontiguousarray(dout), arg, shape, kernel, stride)
+    return reference.maxpool2d_backward(dout, arg, shape, kernel, stride)
 
 
 def dropout_forward(x, p, mode, rng):

@@ -80,6 +80,22 @@ def check_unfold(x, kh, kw, stride, padding):
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(c).max()))
 
 
+def check_maxpool(x, k, s):
+    """Numba max pooling == the NumPy twin: values and argmax exactly; the backward (a
+    scatter-add, summed in another order where windows overlap) to rounding."""
+    from .functional import maxpool2d_backward, maxpool2d_forward
+    out, cache = maxpool2d_forward(x, k, s)
+    want, want_arg = reference.maxpool2d(x, k, s)
+    assert_exact(out, want, "maxpool values")
+    assert_exact(cache[1], want_arg, "maxpool argmax")
+    d = np.random.default_rng(out.size).standard_normal(out.shape).astype(x.dtype)
+    got = maxpool2d_backward(d, cache)
+    ref = reference.maxpool2d_backward(d, want_arg, x.shape, k, s)
+    assert got.shape == x.shape and got.dtype == x.dtype
+    tol = 8 * k * k * np.finfo(x.dtype).eps
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * max(1.0, np.abs(d).max()))
+
+
 def rel_error(x, y):
     """max |x - y| / max(1e-8, |x| + |y|), elementwise (CS231n's gradient-check measure)."""
     x = np.asarray(x, dtype=np.float64)

@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from minibnn import kernels
 from minibnn.kernels import bitpack, reference
 from minibnn.testing import (assert_exact, check_binary_conv2d, check_binary_matmul,
-                             check_pack_roundtrip, check_unfold, check_xnor_gemm, conv_cases,
+                             check_maxpool, check_pack_roundtrip, check_unfold, check_xnor_gemm, conv_cases,
                              gemm_operands, real_arrays, k_values)
 
 rng = np.random.default_rng(20161205)
@@ -327,3 +327,21 @@ def test_unfold_rejects_bad_geometry(call, match):
     from minibnn import functional as F
     with pytest.raises(ValueError, match=match):
         call(F)
+
+
+# ---------------------------------------------------------------- max pooling (float)
+
+@given(st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7),
+                 st.integers(1, 3), st.integers(1, 3)).filter(lambda t: t[4] <= min(t[2], t[3]))
+       .flatmap(lambda t: st.tuples(real_arrays(t[:4]), st.just(t[4]), st.just(t[5]))),
+       st.sampled_from([np.float32, np.float64]))
+def test_maxpool_property(case, dtype):
+    x, k, s = case
+    check_maxpool(x.astype(dtype), k, s)      # real_arrays has exact zeros: ties are drawn
+
+
+@pytest.mark.parametrize("shape,k,s", [((2, 3, 32, 32), 2, 2), ((1, 2, 5, 7), 3, 1),
+                                       ((1, 1, 3, 3), 3, 3)])
+def test_maxpool_cases(shape, k, s):
+    x = np.round(rng.standard_normal(shape), 1).astype(np.float32)   # many ties
+    check_maxpool(x, k, s)

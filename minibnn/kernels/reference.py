@@ -108,6 +108,31 @@ def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
     return xp[:, :, padding:padding + H, padding:padding + W]
 
 
+def maxpool2d(x, k, s):
+    """Max over ``k x k`` windows at stride ``s`` (no padding): x (N, C, H, W) ->
+    ``(out, arg)`` (N, C, H', W'), ``arg`` int32 = tap ``a * k + b`` of the first maximum
+    (row-major, ``np.argmax``'s tie rule).  Twin of :func:`minibnn.kernels.pool.maxpool2d`."""
+    N, C, H, W = x.shape
+    Ho, Wo = (H - k) // s + 1, (W - k) // s + 1
+    taps = np.empty((k * k, N, C, Ho, Wo), dtype=x.dtype)
+    for a in range(k):
+        for b in range(k):
+            taps[a * k + b] = x[:, :, a:a + s * Ho:s, b:b + s * Wo:s]
+    arg = taps.argmax(axis=0).astype(np.int32)
+    return np.take_along_axis(taps, arg[None], axis=0)[0], arg
+
+
+def maxpool2d_backward(dout, arg, x_shape, k, s):
+    """Route dout (N, C, H', W') to each window's argmax tap -> dx ``x_shape``.
+    Twin of :func:`minibnn.kernels.pool.maxpool2d_backward`."""
+    Ho, Wo = arg.shape[2:]
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    for a in range(k):
+        for b in range(k):
+            dx[:, :, a:a + s * Ho:s, b:b + s * Wo:s] += np.where(arg == a * k + b, dout, 0)
+    return dx
+
+
 def binary_conv2d(x, w, stride=1, padding=0):
     """Cross-correlation of sign(x) and sign(w) with zero padding, as float loops.
 
