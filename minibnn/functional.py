@@ -417,22 +417,6 @@ def binary_conv2d_backward(dout, cache):
 _MODES = ("train", "eval", "test")
 
 
-def _to_rows(x, where):
-    """(N, D) -> itself; (N, C, H, W) -> (N*H*W, C) (statistics per channel)."""
-    if x.ndim == 2:
-        return x
-    if x.ndim == 4:
-        return x.transpose(0, 2, 3, 1).reshape(-1, x.shape[1])
-    raise ValueError(f"{where}: x must be (N, D) or (N, C, H, W), got shape {x.shape}")
-
-
-def _from_rows(rows, shape):
-    if len(shape) == 2:
-        return rows
-    N, C, H, W = shape
-    return np.ascontiguousarray(rows.reshape(N, H, W, C).transpose(0, 3, 1, 2))
-
-
 def _feature_axes(x, where):
     """Reduction axes and the broadcast shape of per-feature vectors: (N, D) -> ((0,),
     (1, D)); (N, C, H, W) -> ((0, 2, 3), (1, C, 1, 1)) (statistics per channel)."""
@@ -562,23 +546,23 @@ def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
     """
     x = _as_float(x)
     mode = _check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
-    rows = _to_rows(x, "shift_batchnorm_forward")
+    axes, bshape = _feature_axes(x, "shift_batchnorm_forward")
     if mode == "train":
-        mu = rows.mean(axis=0)
-        c = rows - mu
+        mu = x.mean(axis=axes)
+        c = x - np.reshape(mu, bshape)
         a = ap2(c)
-        var = (c * a).mean(axis=0)          # c and AP2(c) share signs: var >= 0
+        var = (c * a).mean(axis=axes)       # c and AP2(c) share signs: var >= 0
         _update_running(running_mean, mu, momentum)
         _update_running(running_var, var, momentum)
     else:
-        c = rows - running_mean
+        c = x - np.reshape(running_mean, bshape)
         a = None
         var = running_var
     r = 1.0 / np.sqrt(var + eps)
     s = ap2(r)
-    xhat = c * s
+    xhat = c * np.reshape(s, bshape)
     g = ap2(gamma)
-    out = _from_rows(g * xhat + beta, x.shape)
+    out = np.reshape(g, bshape) * xhat + np.reshape(beta, bshape)
     cache = {"c": c, "a": a, "r": r, "s": s, "xhat": xhat, "g": g, "mode": mode,
              "shape": x.shape}
     return out, cache
@@ -587,7 +571,8 @@ def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
 def shift_batchnorm_backward(dout, cache):
     """Straight-through gradients of :func:`shift_batchnorm_forward`.
 
-    Rule (AP2 differentiated as the identity, values from the forward), m rows::
+    Rule (AP2 differentiated as the identity, values from the forward), m values per
+    feature (N, or N * H * W per channel)::
 
         dbeta  = sum(dout);   dgamma = sum(dout * x_hat)
         dx_hat = dout * AP2(gamma)
@@ -599,20 +584,20 @@ def shift_batchnorm_backward(dout, cache):
 
     References: Hubara et al. 2016, Sec. 1.3-1.4, Alg. 3.
     """
-    d = _to_rows(dout, "shift_batchnorm_backward")
+    axes, bshape = _feature_axes(dout, "shift_batchnorm_backward")
     c, a, r, s, xhat, g = (cache[k] for k in ("c", "a", "r", "s", "xhat", "g"))
-    dbeta = d.sum(axis=0)
-    dgamma = (d * xhat).sum(axis=0)
-    dxhat = d * g
-    dc = dxhat * s
+    dbeta = dout.sum(axis=axes)
+    dgamma = (dout * xhat).sum(axis=axes)
+    dxhat = dout * np.reshape(g, bshape)
+    dc = dxhat * np.reshape(s, bshape)
     if cache["mode"] == "train":
-        m = d.shape[0]
-        dvar = (dxhat * c).sum(axis=0) * (-0.5) * r ** 3     # r = (var + eps)^(-1/2)
-        dc = dc + dvar * (a + c) / m                          # d/dC of C * (C + const)
-        dx = dc - dc.mean(axis=0)
+        m = dout.size // dbeta.size
+        dvar = (dxhat * c).sum(axis=axes) * (-0.5) * r ** 3   # r = (var + eps)^(-1/2)
+        dc = dc + np.reshape(dvar, bshape) * (a + c) / m        # d/dC of C * (C + const)
+        dx = dc - dc.mean(axis=axes, keepdims=True)
     else:
         dx = dc
-    return _from_rows(dx, cache["shape"]), dgamma, dbeta
+    return dx, dgamma, dbeta
 
 
 # ---------------------------------------------------------------------------
