@@ -111,3 +111,21 @@ def test_python_dash_m(tmp_path):
     import sys
     res = subprocess.run([sys.executable, "-m", "minibnn", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "train" in res.stdout
+
+
+def test_keep_large_allocations_respects_an_explicit_setting(monkeypatch):
+    import platform
+    import sys
+
+    import minibnn
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert minibnn.keep_large_allocations() is False          # the user's choice wins
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    applied = minibnn.keep_large_allocations()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    else:
+        assert applied is False                                   # no mallopt: a no-op
+    # memory from the heap afterwards still behaves: a big array round-trips
+    a = np.arange(20_000_000, dtype=np.int64)                 # 160 MB, above any threshold
+    assert int(a[-1]) == 19_999_999 and int(a[::1_000_000].sum()) == 190_000_000
