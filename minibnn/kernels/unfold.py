@@ -10,10 +10,10 @@ against ``sign(w)``)::
 
 The GEMMs go to BLAS; these two kernels replace NumPy's strided copies, which were the
 larger part of the backward time on small images (measured in
-``benchmarks/bench_train.py --conv``): one parallel pass per image, writing each row of
-``cols`` contiguously, and a col2im that reads ``cols`` row by row and scatters into one
-image at a time (an image's gradient stays in cache; images are independent, so the
-``prange`` over images has no write races).
+``benchmarks/bench_train.py --conv``): one window walk (:func:`_unfold`) serves both, a
+parallel pass per image that writes (im2col) or reads (col2im) each row of ``cols``
+contiguously; col2im scatters into one image at a time (its gradient stays in cache, and
+images are independent, so the ``prange`` over images has no write races).
 
 Both are exact twins of :func:`minibnn.kernels.reference.im2col` /
 :func:`~minibnn.kernels.reference.col2im`: im2col is a copy (bit-identical); col2im adds
@@ -33,38 +33,18 @@ from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)
-def im2col_into(x, kh, kw, stride, padding, Ho, Wo, cols):
-    """x (N, C, H, W) float -> cols (N * Ho * Wo, C * kh * kw), same dtype, filled."""
+def _unfold(x, cols, kh, kw, stride, padding, Ho, Wo, adjoint):
+    """The one window walk behind both directions, ``prange`` over images.
+
+    ``adjoint=False`` (im2col): ``cols[row, col] = x[n, c, y, x']`` (0 outside the image).
+    ``adjoint=True`` (col2im): ``x`` is zeroed, then ``x[n, c, y, x'] += cols[row, col]``;
+    each image's pixels are written by its own iteration only, so there is no race.
+    x (N, C, H, W), cols (N * Ho * Wo, C * kh * kw), same float dtype.
+    """
     N, C, H, W = x.shape
-    for r in prange(N * Ho):           # one output row of one image per iteration
-        n = r // Ho
-        i = r - n * Ho
-        y0 = i * stride - padding
-        for j in range(Wo):
-            row = (n * Ho + i) * Wo + j
-            x0 = j * stride - padding
-            col = 0
-            for c in range(C):
-                for a in range(kh):
-                    y = y0 + a
-                    inside_y = 0 <= y < H
-                    for b in range(kw):
-                        xx = x0 + b
-                        if inside_y and 0 <= xx < W:
-                            cols[row, col] = x[n, c, y, xx]
-                        else:
-                            cols[row, col] = 0.0
-                        col += 1
-    return cols
-
-
-@njit(cache=True, parallel=True)
-def col2im_into(cols, kh, kw, stride, padding, Ho, Wo, out):
-    """cols (N * Ho * Wo, C * kh * kw) -> out (N, C, H, W): zeroed, then every window's
-    entries added back at their pixels (the adjoint of :func:`im2col_into`)."""
-    N, C, H, W = out.shape
-    for n in prange(N):                # images are independent: no two threads share a pixel
-        out[n] = 0.0
+    for n in prange(N):
+        if adjoint:
+            x[n] = 0.0
         for i in range(Ho):
             y0 = i * stride - padding
             for j in range(Wo):
@@ -77,10 +57,15 @@ def col2im_into(cols, kh, kw, stride, padding, Ho, Wo, out):
                         inside_y = 0 <= y < H
                         for b in range(kw):
                             xx = x0 + b
-                            if inside_y and 0 <= xx < W:
-                                out[n, c, y, xx] += cols[row, col]
+                            inside = inside_y and 0 <= xx < W
+                            if adjoint:
+                                if inside:
+                                    x[n, c, y, xx] += cols[row, col]
+                            elif inside:
+                                cols[row, col] = x[n, c, y, xx]
+                            else:
+                                cols[row, col] = 0.0
                             col += 1
-    return out
 
 
 def im2col(x, kh, kw, stride, padding):
@@ -90,7 +75,7 @@ def im2col(x, kh, kw, stride, padding):
     Wo = (W + 2 * padding - kw) // stride + 1
     cols = np.empty((N * Ho * Wo, C * kh * kw), dtype=x.dtype)
     if cols.size:
-        im2col_into(x, kh, kw, stride, padding, Ho, Wo, cols)
+        _unfold(x, cols, kh, kw, stride, padding, Ho, Wo, False)
     return cols
 
 
@@ -101,5 +86,5 @@ def col2im(cols, x_shape, kh, kw, stride, padding):
     Wo = (W + 2 * padding - kw) // stride + 1
     out = np.zeros((N, C, H, W), dtype=cols.dtype)
     if cols.size:
-        col2im_into(cols, kh, kw, stride, padding, Ho, Wo, out)
+        _unfold(out, cols, kh, kw, stride, padding, Ho, Wo, True)
     return out
