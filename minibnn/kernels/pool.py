@@ -14,6 +14,8 @@ Arguments arrive validated and C-contiguous (:func:`minibnn.functional.maxpool2d
 import numpy as np
 from numba import njit, prange
 
+from .reference import conv_output_size
+
 
 @njit(cache=True, parallel=True)
 def maxpool_into(x, k, s, out, arg):
@@ -57,7 +59,7 @@ def maxpool_backward_into(dout, arg, k, s, dx):
 def maxpool2d(x, k, s):
     """x (N, C, H, W) C-contiguous float -> (out (N, C, H', W'), arg int32 same shape)."""
     N, C, H, W = x.shape
-    Ho, Wo = (H - k) // s + 1, (W - k) // s + 1
+    Ho, Wo = conv_output_size(H, k, s, 0), conv_output_size(W, k, s, 0)
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     arg = np.empty((N, C, Ho, Wo), dtype=np.int32)
     if out.size:

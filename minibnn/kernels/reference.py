@@ -113,7 +113,7 @@ def maxpool2d(x, k, s):
     ``(out, arg)`` (N, C, H', W'), ``arg`` int32 = tap ``a * k + b`` of the first maximum
     (row-major, ``np.argmax``'s tie rule).  Twin of :func:`minibnn.kernels.pool.maxpool2d`."""
     N, C, H, W = x.shape
-    Ho, Wo = (H - k) // s + 1, (W - k) // s + 1
+    Ho, Wo = conv_output_size(H, k, s, 0), conv_output_size(W, k, s, 0)
     taps = np.empty((k * k, N, C, Ho, Wo), dtype=x.dtype)
     for a in range(k):
         for b in range(k):

@@ -31,6 +31,8 @@ and C-contiguous (:func:`minibnn.functional.im2col` checks them).
 import numpy as np
 from numba import njit, prange
 
+from .reference import conv_output_size
+
 
 @njit(cache=True, parallel=True)
 def _unfold(x, cols, kh, kw, stride, padding, Ho, Wo, adjoint):
@@ -71,8 +73,8 @@ def _unfold(x, cols, kh, kw, stride, padding, Ho, Wo, adjoint):
 def im2col(x, kh, kw, stride, padding):
     """Unfold x (N, C, H, W) float32/float64 C-contiguous -> (N*H'*W', C*kh*kw), x's dtype."""
     N, C, H, W = x.shape
-    Ho = (H + 2 * padding - kh) // stride + 1
-    Wo = (W + 2 * padding - kw) // stride + 1
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
     cols = np.empty((N * Ho * Wo, C * kh * kw), dtype=x.dtype)
     if cols.size:
         _unfold(x, cols, kh, kw, stride, padding, Ho, Wo, False)
@@ -82,8 +84,8 @@ def im2col(x, kh, kw, stride, padding):
 def col2im(cols, x_shape, kh, kw, stride, padding):
     """Adjoint of :func:`im2col`: cols (N*H'*W', C*kh*kw) C-contiguous -> (N, C, H, W)."""
     N, C, H, W = x_shape
-    Ho = (H + 2 * padding - kh) // stride + 1
-    Wo = (W + 2 * padding - kw) // stride + 1
+    Ho = conv_output_size(H, kh, stride, padding)
+    Wo = conv_output_size(W, kw, stride, padding)
     out = np.zeros((N, C, H, W), dtype=cols.dtype)
     if cols.size:
         _unfold(out, cols, kh, kw, stride, padding, Ho, Wo, True)
