@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from minibnn.checkpoint import atomic_write_text
+from minibnn.fileio import atomic_write_text
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -18,6 +18,20 @@ half-width layout, by default; 32x32x3 inputs, batch 50, scaled to a 900-batch e
 (:mod:`minibnn.kernels.unfold`, :mod:`minibnn.kernels.pool`) and once with their NumPy
 twins from :mod:`minibnn.kernels.reference` swapped in -- the ratio of the two, measured
 in one process, is what those kernels buy.
+
+    python benchmarks/bench_train.py --vs-torch           # minibnn vs PyTorch, same nets
+
+``--vs-torch`` times one training step (forward, squared hinge, backward, Adam, latent
+clipping; median of ``--steps`` steps after warm-up) of minibnn (public API, ``cpu``
+kernel backend) and of PyTorch's CPU build on the same networks (MLP 3 x H for each
+``--hidden``, batch 100; ``svhn_convnet`` and ``cifar10_convnet``, batch 50; the PyTorch
+versions are in ``torch_twins.py``), one after the other in this process, both with the
+same number of threads, and prints the ratio.  The *floor* column is the float32 work a
+step cannot avoid, measured in the same process: the two backward GEMMs of every binary
+dense layer at this machine's BLAS rate plus the optimizer's memory traffic (parameters,
+gradients and two moments read and written, 28 bytes a parameter) at the measured copy
+bandwidth.  ``--peak-memory`` also reports each engine's peak RSS training the MLP
+(separate child processes).  Without PyTorch the mode says so and skips.
 """
 
 import argparse
@@ -37,7 +51,7 @@ minibnn.keep_large_allocations()  # big per-step buffers stay mapped; see its do
 
 import numpy as np  # noqa: E402
 
-from _common import blas_info, write_json  # noqa: E402
+from _common import blas_info, median_time, settle, write_json  # noqa: E402
 from minibnn import losses, optim, zoo  # noqa: E402
 
 EPOCH_BATCHES = 600
@@ -104,7 +118,7 @@ def run(hidden, backend, batches, seed=0):
         totals["optimizer"] += time.perf_counter() - t
     wall = time.perf_counter() - t0
     scale = EPOCH_BATCHES / batches
-    return dict(hidden=hidden, backend=backend or "float", batches_timed=batches,
+    return dict(hidden=hidden, backend=backend, batches_timed=batches,
                 epoch_seconds=wall * scale,
                 split_seconds={k: v * scale for k, v in sorted(totals.items())})
 
@@ -176,6 +190,152 @@ def main_conv(args):
     print("wrote", path)
 
 
+# ---------------------------------------------------------------------------
+# minibnn vs PyTorch (--vs-torch)
+# ---------------------------------------------------------------------------
+
+def _median_step(step, batches, steps, warmup=3):
+    times = []
+    for i in range(warmup + steps):
+        x, y = batches[i % len(batches)]
+        t = time.perf_counter()
+        step(x, y)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def minibnn_step_time(kind, hidden, steps, batch_size, seed=0):
+    if kind == "mlp":
+        model = zoo.build("mnist_mlp", hidden=hidden, depth=3, backend="cpu", seed=seed)
+        shape = (batch_size, 1, 28, 28)
+    else:
+        model = zoo.build(kind, backend="cpu", seed=seed)
+        shape = (batch_size, 3, 32, 32)
+    opt = optim.Adam(model, lr=1e-3)
+    rng = np.random.default_rng(seed)
+    batches = [(rng.uniform(-1, 1, size=shape).astype(np.float32),
+                rng.integers(0, 10, size=batch_size)) for _ in range(4)]
+
+    def step(x, y):
+        scores = model.forward(x, training=True)
+        _, g = losses.squared_hinge(scores, y, 10)
+        model.backward(g)
+        opt.step()
+
+    return _median_step(step, batches, steps)
+
+
+def torch_step_time(torch, twins, kind, hidden, steps, batch_size, seed=0):
+    torch.manual_seed(seed)
+    if kind == "mlp":
+        model = twins.mnist_mlp(hidden)
+        shape = (batch_size, 1, 28, 28)
+    else:
+        model = twins.convnet(width=0.5 if kind == "svhn_convnet" else 1.0)
+        shape = (batch_size, 3, 32, 32)
+    model.train()
+    step = twins.make_step(model)
+    g = torch.Generator().manual_seed(seed)
+    batches = [(torch.rand(shape, generator=g) * 2 - 1, torch.randint(0, 10, (batch_size,), generator=g))
+               for _ in range(4)]
+    return _median_step(step, batches, steps)
+
+
+def floor_time(hidden, batch_size, steps=10):
+    """Seconds of unavoidable float32 work in one MLP step (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    dims = [784, hidden, hidden, hidden, 10]
+    gemm = 0.0
+    n_params = 0
+    for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
+        g = rng.standard_normal((batch_size, b)).astype(np.float32)
+        w = rng.standard_normal((b, a)).astype(np.float32)
+        x = rng.standard_normal((batch_size, a)).astype(np.float32)
+        gemm += median_time(lambda: g.T @ x, steps)                 # dW  (b, a)
+        if i > 0:
+            gemm += median_time(lambda: g @ w, steps)               # dX  (N, a)
+        n_params += a * b + 2 * b
+    big = np.ones(32 << 20, np.float32)                              # 128 MB, beyond the caches
+    dst = np.empty_like(big)
+    t = median_time(lambda: np.copyto(dst, big), 5)
+    bandwidth = 2 * big.nbytes / t                                   # bytes read + written per s
+    return gemm + n_params * 28 / bandwidth, gemm, bandwidth
+
+
+def _peak_rss_child(engine, hidden, steps):
+    import resource
+    if engine == "minibnn":
+        minibnn_step_time("mlp", hidden, steps, 100)
+    else:
+        import torch
+        import torch_twins
+        torch.set_num_threads(_threads())
+        torch_step_time(torch, torch_twins, "mlp", hidden, steps, 100)
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def _threads():
+    return int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def peak_rss(engine, hidden, steps=5):
+    import subprocess
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--_peak-child", engine,
+                          str(hidden), str(steps)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def main_vs_torch(args):
+    try:
+        import torch
+        import torch_twins
+    except ImportError:
+        print("--vs-torch: PyTorch is not installed here (pip install torch); skipped")
+        return 0
+    import numba
+    threads = _threads()
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    info = dict(blas=blas_info(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                numba_threads=numba.get_num_threads())
+    print("BLAS:", json.dumps(info["blas"]))
+    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; Numba "
+          f"{numba.get_num_threads()} threads")
+    rows = []
+    nets = [("mlp", h) for h in args.hidden] + [(a, None) for a in args.convnets]
+    print(f"{'network':<22} {'minibnn ms':>10} {'torch ms':>9} {'minibnn vs torch':>17} "
+          f"{'floor ms':>9} {'vs floor':>9}")
+    for kind, h in nets:
+        bs = 100 if kind == "mlp" else 50
+        steps = args.steps if kind == "mlp" else max(5, args.steps // 3)
+        settle()
+        ours = minibnn_step_time(kind, h, steps, bs)
+        settle()
+        theirs = torch_step_time(torch, torch_twins, kind, h, steps, bs)
+        row = dict(network=f"mlp 3x{h}" if kind == "mlp" else kind, batch_size=bs, steps=steps,
+                   minibnn_s=ours, torch_s=theirs, speedup=theirs / ours)
+        fl = ""
+        if kind == "mlp":
+            floor, gemm, bw = floor_time(h, bs)
+            row.update(floor_s=floor, floor_gemm_s=gemm, copy_bandwidth_gbs=bw / 1e9,
+                       vs_floor=ours / floor)
+            fl = f"{floor * 1e3:9.1f} {ours / floor:8.2f}x"
+        rows.append(row)
+        print(f"{row['network']:<22} {ours * 1e3:10.1f} {theirs * 1e3:9.1f} "
+              f"{theirs / ours:16.2f}x {fl}", flush=True)
+    if args.peak_memory:
+        for h in args.peak_memory:
+            mem = {e: peak_rss(e, h) for e in ("minibnn", "torch")}
+            info[f"peak_rss_mb_mlp_{h}"] = mem
+            print(f"peak RSS training mlp 3x{h}: minibnn {mem['minibnn']:.0f} MB, "
+                  f"torch {mem['torch']:.0f} MB")
+    path = write_json("train_vs_torch", dict(info, rows=rows), args.out_dir)
+    print("wrote", path)
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hidden", type=int, nargs="*", default=[1024, 2048, 4096])
@@ -183,13 +343,25 @@ def main(argv=None):
     ap.add_argument("--conv", action="store_true", help="time the ConvNet training step instead")
     ap.add_argument("--arch", default="svhn_convnet", choices=["svhn_convnet", "cifar10_convnet"])
     ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--vs-torch", action="store_true", help="minibnn vs PyTorch step, same networks")
+    ap.add_argument("--steps", type=int, default=30, help="--vs-torch: timed steps per MLP row")
+    ap.add_argument("--convnets", nargs="*", default=["svhn_convnet", "cifar10_convnet"],
+                    choices=["svhn_convnet", "cifar10_convnet"])
+    ap.add_argument("--peak-memory", type=int, nargs="*", default=None, metavar="H",
+                    help="--vs-torch: also peak RSS training MLP 3xH (child processes)")
+    ap.add_argument("--_peak-child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._peak_child:
+        engine, h, steps = args._peak_child
+        return _peak_rss_child(engine, int(h), int(steps))
+    if args.vs_torch:
+        return main_vs_torch(args)
     if args.conv:
         return main_conv(args)
     print("BLAS:", json.dumps(blas_info()))
     rows = []
     for h in args.hidden:
-        for backend in ("cpu", None):
+        for backend in ("cpu", "float"):
             r = run(h, backend, args.batches)
             rows.append(r)
             split = ", ".join(f"{k} {v:.1f}s" for k, v in r["split_seconds"].items())

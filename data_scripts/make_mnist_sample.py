@@ -21,11 +21,11 @@ import numpy as np
 
 try:
     from minibnn.data import load_mnist_raw
-    from minibnn.data.fetch import atomic_output
+    from minibnn.fileio import atomic_writer
 except ImportError:  # run from a source checkout without installing the package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from minibnn.data import load_mnist_raw
-    from minibnn.data.fetch import atomic_output
+    from minibnn.fileio import atomic_writer
 
 N_TRAIN, N_TEST = 3000, 1000
 ATTRIBUTION = (
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         "y_test": y_te[:N_TEST].copy(),
         "attribution": np.array(ATTRIBUTION),  # unicode dtype, loads without pickle
     }
-    with atomic_output(args.out) as f:
+    with atomic_writer(args.out, "wb") as f:
         np.savez_compressed(f, **arrays)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     return 0

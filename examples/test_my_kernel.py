@@ -20,6 +20,11 @@ The pieces from ``minibnn.testing`` used here:
 * ``check_xnor_gemm(a, b, backend)`` -- the one-line check of minibnn's own backends,
   written with the two above.
 
+To check minibnn's *own* kernels on your machine (your CPU, your GPU) from an installed
+package, without the source checkout's tests, run ``minibnn selftest --backend all``
+(:func:`minibnn.selftest.main_selftest`): the same strategies and checkers, a table of
+what passed and the smallest counterexample of anything that failed.
+
 The binary conventions the reference follows are in minibnn/kernels/bitpack.py:
 sign(0) = +1, bit 1 = +1, bit k of a row in word k // 64 at bit k % 64, padding bits 0,
 ``a . b = K - 2 * popcount(a XOR b)``.

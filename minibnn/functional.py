@@ -16,12 +16,23 @@ float64 (gradient checks run in float64) and computes in the promoted float type
 inputs, never below float32.  Integer inputs are converted to float32.
 
 Binary layers and ``backend``: ``binary_dense_forward`` / ``binary_conv2d_forward``
-compute ``x_b (*) sign(w)``.  With ``binary_input=True`` and ``backend`` a kernel backend
-name (``"reference"``, ``"cpu"``, ``"cuda"``) the product runs on bit-packed words
-through :mod:`minibnn.kernels` and is cast from int32 to float (exact); with
-``backend=None`` it runs as a float BLAS product.  Both paths give identical results
-for +-1 inputs (every partial sum is an integer of magnitude <= K < 2**24, exact in
-float32), which the tests check bit for bit.
+compute ``x_b (*) sign(w)``.  With ``binary_input=True`` the product runs on bit-packed
+words through :mod:`minibnn.kernels` (cast from int32 to float, exact) on the kernel
+backend ``backend`` names (``"cpu"``, ``"reference"``, ``"cuda"``; ``None``, the default,
+is the default kernel backend, see :func:`product_backend`); ``backend="float"`` asks
+for the float BLAS product instead.  Both paths give identical results for +-1 inputs
+(every partial sum is an integer of magnitude <= K < 2**24, exact in float32), which the
+tests check bit for bit.
+
+The device twin: :mod:`minibnn.functional_cuda` has every name in ``__all__`` with the
+same signature and cache contract, on numba.cuda device arrays;
+:func:`minibnn.dispatch.twin` picks the module by where the arrays live, so the layers
+are written once.  Besides the ``*_forward`` / ``*_backward`` pairs the layers use
+:func:`as_input` (input conversion), :func:`check_finite`, :func:`copy_into` (gradient
+stores), :func:`running_average` (BatchNorm statistics), and the quantizers
+``ste_sign_forward`` / ``ste_sign_backward`` / ``stochastic_sign`` re-exported from
+:mod:`minibnn.quantize`; BatchNorm's train-mode cache holds ``batch_mean`` and
+``batch_var``.
 
 References: Hubara et al., "Binarized Neural Networks", NIPS 2016: Sec. 1.1-1.3
 (binarization, STE), Sec. 1.4 / Alg. 3 (shift-based BN), Alg. 1 (training loop), Sec. 3
@@ -30,9 +41,11 @@ References: Hubara et al., "Binarized Neural Networks", NIPS 2016: Sec. 1.1-1.3
 
 import numpy as np
 
-from . import kernels
+from . import checks, kernels
 from .kernels import pool, reference, unfold
-from .quantize import ap2, sign, ste_mask
+from .kernels.backend import BACKENDS, resolve_name
+from .quantize import (ap2, sign, ste_mask, ste_sign_backward, ste_sign_forward,
+                       stochastic_sign)
 
 __all__ = [
     "dense_forward", "dense_backward", "binary_dense_forward", "binary_dense_backward",
@@ -41,7 +54,9 @@ __all__ = [
     "batchnorm_backward", "shift_batchnorm_forward", "shift_batchnorm_backward",
     "maxpool2d_forward", "maxpool2d_backward", "dropout_forward", "dropout_backward",
     "hardtanh_forward", "hardtanh_backward", "flatten", "flatten_forward",
-    "flatten_backward", "conv_output_size",
+    "flatten_backward", "conv_output_size", "as_input", "check_finite", "copy_into",
+    "running_average", "product_backend", "PRODUCT_BACKENDS", "ste_sign_forward",
+    "ste_sign_backward", "stochastic_sign",
 ]
 
 
@@ -49,19 +64,59 @@ __all__ = [
 # helpers
 # ---------------------------------------------------------------------------
 
-def _as_float(x, name="x"):
-    """ndarray of float32/float64 (integers -> float32); rejects bool and non-real."""
-    x = np.asarray(x)
-    if np.issubdtype(x.dtype, np.floating):
-        return x if x.dtype in (np.float32, np.float64) else x.astype(np.float32)
-    if np.issubdtype(x.dtype, np.integer) and x.dtype != np.bool_:
-        return x.astype(np.float32)
-    raise TypeError(f"{name} must be a real array, got dtype {x.dtype}")
+def as_input(x, name="x"):
+    """``x`` as a float32/float64 ndarray (integers -> float32), the dtype kept otherwise.
+
+    (...) real array-like -> ndarray of the same shape; ``TypeError`` naming ``name``
+    for bool, complex, object or string data.  No copy for float32/float64 arrays (the
+    layers call it on every forward: one type test on that path).
+    """
+    if type(x) is np.ndarray and (x.dtype == np.float32 or x.dtype == np.float64):
+        return x
+    x = checks.real_array(x, name)
+    if x.dtype == np.float32 or x.dtype == np.float64:
+        return x
+    return x.astype(np.float32)
+
+
+#: ``check_finite(x, name)``: ``ValueError`` "<name> contains NaN" / "... infinity"
+check_finite = checks.check_finite
+
+
+def copy_into(dst, src):
+    """``dst[...] = src`` (same shape; ``src`` cast to ``dst``'s dtype, same kind).
+
+    How a layer overwrites a gradient array in place, so that references held by an
+    optimizer stay valid; the device twin copies device to device.
+    """
+    np.copyto(dst, src, casting="same_kind")
+    return dst
 
 
 def _compute_dtype(*arrays):
     """Promoted float dtype of the inputs, at least float32."""
     return np.result_type(np.float32, *[a.dtype for a in arrays if a is not None])
+
+
+#: the names ``backend`` takes in the binary forwards: ``"float"`` or a kernel backend
+PRODUCT_BACKENDS = ("float",) + tuple(BACKENDS)
+
+
+def product_backend(backend=None):
+    """The kernel backend name a binary forward uses, or None for the float BLAS product.
+
+    ``"float"`` -> None (float BLAS: ``x @ sign(w)``); ``"cpu"`` / ``"reference"`` /
+    ``"cuda"`` -> that name; ``None`` -> the default kernel backend:
+    ``$MINIBNN_BACKEND`` if set, else :data:`minibnn.kernels.backend.DEFAULT_BACKEND`
+    (the CPU kernels), resolved at each call so the variable can be changed at any time.
+    An unknown name raises ``ValueError``.
+    """
+    if backend == "float":
+        return None
+    if backend is None or backend in BACKENDS:
+        return resolve_name(backend)
+    raise ValueError(f"unknown backend {backend!r}; choose one of "
+                     f"{', '.join(PRODUCT_BACKENDS)} (or None for the default)")
 
 
 def _is_pm1(x):
@@ -112,7 +167,7 @@ def dense_forward(x, w, b=None):
     out : (N, F) promoted float dtype.
     cache : ``(x, w, has_bias)``.
     """
-    x = _as_float(x)
+    x = as_input(x)
     out = x @ w
     if b is not None:
         out = out + b
@@ -144,30 +199,45 @@ def prepare_binary_weights(w, backend):
     return kernels.prepare_weights(kernels.pack_columns(w), K, backend=backend)
 
 
-def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared=None):
-    """Binary dense layer: ``out = x_b @ sign(w) + b``.
+def _binarize_weights(w, stochastic_rng):
+    """sign(w), or the stochastic binarization of w (Eq. 2) drawn from ``stochastic_rng``."""
+    if stochastic_rng is None:
+        return sign(w)
+    return stochastic_sign(w, stochastic_rng)
 
-    Forward rule: ``w_b = sign(w)`` (sign(0) = +1); ``x_b = x`` -- for a hidden layer
+
+def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared=None,
+                         stochastic_rng=None):
+    """Binary dense layer: ``out = x_b @ w_b + b``, ``w_b = sign(w)``.
+
+    Forward rule: ``w_b = sign(w)`` (sign(0) = +1, Eq. 1), or with ``stochastic_rng``
+    ``w_b = +1`` with probability ``hard_sigmoid(w)`` else -1 (Eq. 2, the training-time
+    stochastic binarization of the weights); ``x_b = x`` -- for a hidden layer
     (``binary_input=True``) x is already +-1 (the output of a SignActivation); for the
     first layer (``binary_input=False``) x is the real-valued input.  With
-    ``binary_input=True`` and a kernel ``backend`` the product is
-    ``xnor_gemm(pack(x), packed sign(w), K)`` (int32, cast to float exactly); otherwise a
-    float BLAS product (the first layer always takes the float path: its input has no
-    bit representation).
-    Pseudo-gradient (in :func:`binary_dense_backward`): the gradient w.r.t. ``sign(w)`` is
+    ``binary_input=True`` and a kernel backend the product is
+    ``xnor_gemm(pack(x), packed w_b, K)`` (int32, cast to float exactly); with
+    ``backend="float"`` a float BLAS product (the first layer always takes the float
+    path: its input has no bit representation).
+    Pseudo-gradient (in :func:`binary_dense_backward`): the gradient w.r.t. ``w_b`` is
     applied to the latent ``w`` unchanged (straight-through; the optimizer clips w to
-    [-1, 1], where the hard-tanh gate ``1{|w| <= 1}`` is 1 anyway).
+    [-1, 1], where the hard-tanh gate ``1{|w| <= 1}`` is 1 anyway) -- the same for the
+    stochastic ``w_b``.
 
     Parameters
     ----------
-    x : (N, K) float32/64; the packed path runs when ``binary_input``, ``backend`` is set
-        and x is all +-1 (else float BLAS, same result; see :func:`_is_pm1`).
+    x : (N, K) float32/64; the packed path runs when ``binary_input``, the backend is a
+        kernel one and x is all +-1 (else float BLAS, same result; see :func:`_is_pm1`).
     w : (K, F) float, latent real weights.
     b : (F,) float or None.
     binary_input : bool, True for hidden layers (packed path allowed).
-    backend : None (float BLAS) or a kernel backend name ("reference", "cpu", "cuda").
-    prepared : optional :class:`minibnn.kernels.PreparedWeights` of sign(w) for
-        ``backend`` (from :func:`prepare_binary_weights`); computed here when None.
+    backend : None (the default kernel backend, see :func:`product_backend`), "float"
+        (float BLAS) or a kernel backend name ("reference", "cpu", "cuda").
+    prepared : optional :class:`minibnn.kernels.PreparedWeights` of sign(w) for that
+        backend (from :func:`prepare_binary_weights`); computed here when None.  Not
+        with ``stochastic_rng`` (the weights are drawn anew on each call).
+    stochastic_rng : None, or a ``numpy.random.Generator``: binarize w stochastically
+        with it (training only; inference uses sign(w)).
 
     Returns
     -------
@@ -175,25 +245,30 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     cache : dict with ``x``, ``w_b`` (K, F) float32 +-1, ``has_bias`` and, on the packed
         path, ``prepared`` (the weights actually used, for reuse).
 
-    Raises ``ValueError`` for mismatched shapes or NaN in w.
+    Raises ``ValueError`` for mismatched shapes, NaN in w or an unknown backend.
 
-    References: Hubara et al. 2016, Sec. 1.1 (Eq. 1), Sec. 1.3, Alg. 1; Sec. 3 (XNOR).
+    References: Hubara et al. 2016, Sec. 1.1 (Eq. 1-2), Sec. 1.3, Alg. 1; Sec. 3 (XNOR).
     """
-    x = _as_float(x)
-    w = _as_float(w, "w")
+    x = as_input(x)
+    w = as_input(w, "w")
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
         raise ValueError(f"binary_dense_forward: x must be (N, K) and w (K, F), got {x.shape} "
                          f"and {w.shape}")
+    if prepared is not None and stochastic_rng is not None:
+        raise ValueError("binary_dense_forward: prepared weights hold sign(w); they cannot "
+                         "be used with stochastic_rng (w_b is drawn anew on each call)")
+    kernel = product_backend(backend)
     K, F = w.shape
     dtype = _compute_dtype(x, b)
-    packed_path = binary_input and backend is not None and _is_pm1(x)
+    packed_path = binary_input and kernel is not None and _is_pm1(x)
     if packed_path and prepared is None:
-        # one pass over the latent weights gives both sign(w) (float, for backward) and
-        # its packed columns (for the XNOR forward)
-        wb, w_words = kernels.sign_pack_columns(w)
-        prepared = kernels.prepare_weights(w_words, K, backend=backend)
+        # one pass over the latent weights gives both w_b (float, for backward) and its
+        # packed columns (for the XNOR forward); stochastic w_b is +-1, its own sign
+        wb, w_words = kernels.sign_pack_columns(
+            w if stochastic_rng is None else stochastic_sign(w, stochastic_rng))
+        prepared = kernels.prepare_weights(w_words, K, backend=kernel)
     else:
-        wb = sign(w)
+        wb = _binarize_weights(w, stochastic_rng)
     cache = {"x": x, "w_b": wb, "has_bias": b is not None}
     if packed_path:
         if prepared.k != K or prepared.n != F:
@@ -202,7 +277,7 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
         if x.shape[0] == 0:
             out = np.zeros((0, F), dtype=dtype)
         else:
-            acc = kernels.xnor_gemm(kernels.pack(x), prepared, K, backend=backend)
+            acc = kernels.xnor_gemm(kernels.pack(x), prepared, K, backend=kernel)
             out = acc.astype(dtype)
         cache["prepared"] = prepared
     else:
@@ -312,7 +387,7 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     cache : dict with ``x_shape``, ``cols`` (im2col of x), ``w``, ``stride``,
         ``padding``, ``has_bias``.
     """
-    x = _as_float(x)
+    x = as_input(x)
     Ho, Wo = _conv_shapes(x, w, stride, padding, "conv2d_forward")
     F, C, KH, KW = w.shape
     cols = im2col(x, KH, KW, stride, padding)
@@ -340,14 +415,17 @@ def conv2d_backward(dout, cache):
     return dx, dw, db
 
 
-def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, backend=None):
-    """Binary 2-D convolution: ``out = x_b (*) sign(w) + b``, zero padding.
+def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, backend=None,
+                          stochastic_rng=None):
+    """Binary 2-D convolution: ``out = x_b (*) w_b + b``, ``w_b = sign(w)``, zero padding.
 
-    Forward rule: cross-correlation of ``x_b`` with ``w_b = sign(w)``, the border padded
-    with zeros (not -1 or +1: convention 6 of :mod:`minibnn.kernels.bitpack`).  With
-    ``binary_input=True`` (x already +-1) and a kernel ``backend`` it runs through
-    :func:`minibnn.kernels.binary_conv2d` (exact int32, cast to float); otherwise through
-    im2col + float BLAS.
+    Forward rule: cross-correlation of ``x_b`` with ``w_b = sign(w)`` (or, with
+    ``stochastic_rng``, the stochastic binarization of Eq. 2, as in
+    :func:`binary_dense_forward`), the border padded with zeros (not -1 or +1:
+    convention 6 of :mod:`minibnn.kernels.bitpack`).  With ``binary_input=True`` (x
+    already +-1) and a kernel backend it runs through
+    :func:`minibnn.kernels.binary_conv2d` (exact int32, cast to float); with
+    ``backend="float"`` (or a real input) through im2col + float BLAS.
     Pseudo-gradient (in :func:`binary_conv2d_backward`): dx is exact for fixed sign(w);
     dw is the gradient w.r.t. sign(w), passed straight through to the latent w.
 
@@ -356,7 +434,9 @@ def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, 
     x : (N, C, H, W) float32/64; in {-1, +1} for the packed path.
     w : (F, C, KH, KW) float latent weights.  b : (F,) or None.
     stride : int >= 1.  padding : int >= 0.
-    binary_input : bool.  backend : None (float) or a kernel backend name.
+    binary_input : bool.  backend : None (default kernel backend), "float" or a kernel
+        backend name, as :func:`binary_dense_forward`.
+    stochastic_rng : None or a ``numpy.random.Generator`` (stochastic w_b, training).
 
     Returns
     -------
@@ -364,22 +444,24 @@ def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, 
     cache : dict with ``x``, ``w_b`` (F, C, KH, KW) float32, ``cols`` (float path only),
         ``stride``, ``padding``, ``has_bias``.
 
-    References: Hubara et al. 2016, Sec. 1.1, 1.3, Sec. 3.
+    References: Hubara et al. 2016, Sec. 1.1 (Eq. 1-2), 1.3, Sec. 3.
     """
-    x = _as_float(x)
-    w = _as_float(w, "w")
+    x = as_input(x)
+    w = as_input(w, "w")
     Ho, Wo = _conv_shapes(x, w, stride, padding, "binary_conv2d_forward")
+    kernel = product_backend(backend)
     F, C, KH, KW = w.shape
     dtype = _compute_dtype(x, b)
-    wb = sign(w)
+    wb = _binarize_weights(w, stochastic_rng)
     cache = {"x": x, "w_b": wb, "cols": None, "stride": stride, "padding": padding,
              "has_bias": b is not None}
-    if binary_input and backend is not None and _is_pm1(x):
+    if binary_input and kernel is not None and _is_pm1(x):
         if x.shape[0] == 0:
             out = np.zeros((0, F, Ho, Wo), dtype=dtype)
         else:
-            out = kernels.binary_conv2d(x, w, stride=stride, padding=padding,
-                                        backend=backend).astype(dtype)
+            # wb is +-1, so the kernel's sign(wb) is wb itself (sign(w) or the stochastic draw)
+            out = kernels.binary_conv2d(x, wb, stride=stride, padding=padding,
+                                        backend=kernel).astype(dtype)
     else:
         cols = im2col(x, KH, KW, stride, padding)
         out = _rows_to_nchw(cols @ wb.reshape(F, -1).T, x.shape[0], Ho, Wo).astype(dtype, copy=False)
@@ -433,11 +515,20 @@ def _check_mode(mode, running_mean, running_var, where):
     return "train" if mode == "train" else "eval"
 
 
+def running_average(running, batch, momentum):
+    """The updated running statistic ``(1 - momentum) * running + momentum * batch``.
+
+    running, batch : (D,) float.  momentum : float in [0, 1] (Lasagne's ``alpha``).
+    Returns a new (D,) array in ``running``'s dtype; ``running`` is not changed (the
+    BatchNorm layers commit it only once the whole forward has succeeded).
+    """
+    return ((1 - momentum) * running + momentum * batch).astype(running.dtype, copy=False)
+
+
 def _update_running(running, batch, momentum):
-    # running <- (1 - momentum) * running + momentum * batch, in place (Lasagne's alpha)
+    # in place, for callers of the functional API that pass their running arrays
     if running is not None:
-        running *= (1 - momentum)
-        running += momentum * batch
+        running[...] = running_average(running, batch, momentum)
 
 
 def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_var=None,
@@ -461,7 +552,9 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
 
     Returns
     -------
-    out : like x.  cache : for :func:`batchnorm_backward`.
+    out : like x.  cache : for :func:`batchnorm_backward`; in train mode it also holds
+    ``batch_mean`` and ``batch_var`` ((D,) / (C,)), the statistics the running ones are
+    updated with (:func:`running_average`).
 
     Defaults follow Courbariaux's BinaryNet code (Lasagne ``BatchNormLayer(epsilon=1e-4,
     alpha=.1)``).  Lasagne averages ``1/sqrt(var + eps)``; we average ``var`` (as
@@ -469,7 +562,7 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
 
     References: Ioffe & Szegedy 2015, Alg. 1; Hubara et al. 2016, Sec. 1.4.
     """
-    x = _as_float(x)
+    x = as_input(x)
     mode = _check_mode(mode, running_mean, running_var, "batchnorm_forward")
     axes, bshape = _feature_axes(x, "batchnorm_forward")
     if mode == "train":
@@ -482,7 +575,10 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     inv_std = 1.0 / np.sqrt(var + eps)
     xhat = (x - np.reshape(mu, bshape)) * np.reshape(inv_std, bshape)
     out = np.reshape(gamma, bshape) * xhat + np.reshape(beta, bshape)
-    return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "mode": mode}
+    cache = {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "mode": mode}
+    if mode == "train":
+        cache["batch_mean"], cache["batch_var"] = mu, var
+    return out, cache
 
 
 def batchnorm_backward(dout, cache):
@@ -537,11 +633,12 @@ def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
     surrogate in which each ``AP2(v)`` is replaced by ``v + (AP2(v0) - v0)``, the offset
     frozen at the forward point (with zero offsets it is vanilla batch norm).
 
-    Parameters / returns: as :func:`batchnorm_forward`.
+    Parameters / returns: as :func:`batchnorm_forward` (``batch_var`` in the train-mode
+    cache is the approximate variance above).
 
     References: Hubara et al. 2016, Sec. 1.4, Alg. 3 (shift-based BN), Sec. 1.3 (STE).
     """
-    x = _as_float(x)
+    x = as_input(x)
     mode = _check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
     axes, bshape = _feature_axes(x, "shift_batchnorm_forward")
     if mode == "train":
@@ -561,6 +658,8 @@ def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
     g = ap2(gamma)
     out = np.reshape(g, bshape) * xhat + np.reshape(beta, bshape)
     cache = {"c": c, "a": a, "r": r, "s": s, "xhat": xhat, "g": g, "mode": mode}
+    if mode == "train":
+        cache["batch_mean"], cache["batch_var"] = mu, var
     return out, cache
 
 
@@ -612,9 +711,10 @@ def maxpool2d_forward(x, kernel=2, stride=None):
     out : (N, C, H', W'), ``H' = (H - kernel) // stride + 1``, x's dtype.
     cache : ``(x_shape, argmax (N, C, H', W') int32, kernel, stride)``; argmax is the
         tap ``a * kernel + b`` of the first maximum in row-major order.
-    Numba kernel :mod:`minibnn.kernels.pool` for float32/float64, NumPy twin otherwise.
+    Numba kernel :mod:`minibnn.kernels.pool` (its NumPy twin is
+    :func:`minibnn.kernels.reference.maxpool2d`).
     """
-    x = _as_float(x)
+    x = as_input(x)
     stride = kernel if stride is None else stride
     if x.ndim != 4:
         raise ValueError(f"maxpool2d_forward: x must be (N, C, H, W), got {x.shape}")
@@ -625,10 +725,7 @@ def maxpool2d_forward(x, kernel=2, stride=None):
     Wo = conv_output_size(W, kernel, stride, 0)
     if Ho < 1 or Wo < 1:
         raise ValueError(f"maxpool2d_forward: window {kernel} larger than input {H}x{W}")
-    if x.dtype in (np.float32, np.float64):
-        out, arg = pool.maxpool2d(np.ascontiguousarray(x), kernel, stride)
-    else:
-        out, arg = reference.maxpool2d(x, kernel, stride)
+    out, arg = pool.maxpool2d(np.ascontiguousarray(x), kernel, stride)   # x is float32/64
     return out, (x.shape, arg, kernel, stride)
 
 
@@ -660,7 +757,7 @@ def dropout_forward(x, p, mode, rng):
     -------
     out : like x.  cache : the mask (like x, x's dtype) or None when nothing was dropped.
     """
-    x = _as_float(x)
+    x = as_input(x)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout_forward: p must be in [0, 1), got {p}")
     if mode not in _MODES:
@@ -684,7 +781,7 @@ def hardtanh_forward(x):
 
     References: Hubara et al. 2016, Sec. 1.3.
     """
-    x = _as_float(x)
+    x = as_input(x)
     return np.clip(x, -1, 1), x
 
 

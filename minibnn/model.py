@@ -5,8 +5,9 @@ BatchNorm running statistics are ``"2.running_mean"`` / ``"2.running_var"``; the
 stable as long as the layer list is, so an optimizer can key its state by name.
 
 File format (:meth:`Sequential.save` / :meth:`Sequential.load`): an uncompressed ``.npz``
-written atomically (a temporary file in the target directory, then ``os.replace``) and
-read with ``np.load(..., allow_pickle=False)``.  Entries:
+written atomically (:func:`minibnn.fileio.atomic_writer`: a temporary file in the target
+directory, then ``os.replace``) and read with ``np.load(..., allow_pickle=False)``.
+Entries:
 
 * ``format_version``: 0-d int64, :data:`FORMAT_VERSION`;
 * ``architecture``: 0-d unicode string, JSON list of ``{"class": <layer class name>,
@@ -14,21 +15,34 @@ read with ``np.load(..., allow_pickle=False)``.  Entries:
 * one entry per :meth:`Sequential.state_dict` item (params and buffers, by name).
 
 A wrong version, a missing or unexpected entry, or a shape mismatch raises
-``ValueError`` naming the file and the entry.
+``ValueError`` naming the file and the entry.  :meth:`Sequential.load` checks the shapes
+the architecture declares against the stored arrays' headers, and their total size
+against :data:`MAX_LOAD_ELEMENTS`, before it allocates anything: a file whose
+architecture claims a 10**6 x 10**6 layer is refused, not built.
 """
 
 import json
 import os
-import tempfile
+import zipfile
 
 import numpy as np
 
-from .layers import Layer, layer_from_config
+from . import dispatch, functional
+from .fileio import atomic_writer
+from .layers import Layer, layer_class, layer_from_config
 
-__all__ = ["Sequential", "FORMAT_VERSION", "spawn_rngs"]
+__all__ = ["Sequential", "FORMAT_VERSION", "MAX_LOAD_ELEMENTS", "spawn_rngs"]
 
 #: version of the file layout written by :meth:`Sequential.save`
 FORMAT_VERSION = 1
+
+#: most array elements (params + buffers) :meth:`Sequential.load` accepts: 2**31, an
+#: 8 GiB float32 model -- 150 times the paper's largest network (the CIFAR-10 ConvNet,
+#: ~14M weights)
+MAX_LOAD_ELEMENTS = 2 ** 31
+
+#: longest architecture string read (characters); real ones are a few KB
+_MAX_ARCH_CHARS = 1 << 20
 
 _META_KEYS = ("format_version", "architecture")
 
@@ -63,10 +77,34 @@ class Sequential:
     # -- running ------------------------------------------------------------
     def forward(self, x, training=None):
         """x: (N, ...) input of the first layer -> output of the last.
-        ``training=None`` uses the model's mode (:meth:`train` / :meth:`eval`)."""
+        ``training=None`` uses the model's mode (:meth:`train` / :meth:`eval`).
+
+        The input must be a non-empty batch of finite values (``ValueError`` naming NaN
+        or infinity otherwise).  A forward that raises -- bad input, or NaN appearing
+        inside the network -- leaves the model exactly as it was: each layer's forward
+        is held back (:meth:`minibnn.layers.Layer.forward_deferred`) and all are
+        committed (backward caches, BatchNorm running statistics) only after the last
+        one succeeded; if one raises, the generators of those that ran (dropout,
+        stochastic sign and weights) are put back in their states.
+        """
         training = self.training if training is None else bool(training)
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        F = dispatch.twin(functional, x)
+        x = F.as_input(x, "input")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"Sequential: empty batch: the input has shape {x.shape}, "
+                             f"need N >= 1 samples along the first axis")
+        F.check_finite(x, "Sequential: input")
+        pending = []
+        try:
+            for layer in self.layers:
+                x, p = layer.forward_deferred(x, training)
+                pending.append(p)
+        except BaseException:
+            for p in reversed(pending):
+                p.rollback()
+            raise
+        for p in pending:
+            p.commit()
         return x
 
     __call__ = forward
@@ -88,8 +126,12 @@ class Sequential:
         return self.train(False)
 
     def set_backend(self, backend):
-        """Set ``backend`` on every binary layer (None: float BLAS path; or a kernel
-        backend name for the packed XNOR path).  Outputs do not change; returns self."""
+        """Set ``backend`` on every binary layer: None (the default kernel backend),
+        ``"float"`` (float BLAS path) or a kernel backend name ("cpu", "reference",
+        "cuda") for the packed XNOR path.  Outputs do not change; returns self."""
+        if backend is not None and backend not in functional.PRODUCT_BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of "
+                             f"{', '.join(functional.PRODUCT_BACKENDS)} (or None for the default)")
         for layer in self.layers:
             if hasattr(layer, "backend"):
                 layer.backend = backend
@@ -103,6 +145,7 @@ class Sequential:
         return self
 
     def zero_grad(self):
+        """Set every layer's gradients to 0."""
         for layer in self.layers:
             layer.zero_grad()
 
@@ -168,67 +211,54 @@ class Sequential:
     def from_architecture(cls, architecture, seed=None):
         """Build a freshly initialized model from :meth:`architecture`'s output;
         layers that take ``rng`` get ``spawn_rngs(seed, n_layers)[i]``."""
-        if not isinstance(architecture, list) or not all(
-                isinstance(d, dict) and "class" in d and "config" in d for d in architecture):
-            raise ValueError("architecture must be a list of {'class': ..., 'config': ...} dicts")
+        _check_architecture(architecture)
         rngs = spawn_rngs(seed, len(architecture))
         return cls([layer_from_config(d["class"], d["config"], rng)
                     for d, rng in zip(architecture, rngs)])
 
     def save(self, path):
         """Write the architecture and state to ``path`` (exactly that name; see the
-        module docstring for the format), atomically."""
-        path = os.fspath(path)
+        module docstring for the format), atomically (:func:`minibnn.fileio.atomic_writer`)."""
         arrays = {"format_version": np.array(FORMAT_VERSION, dtype=np.int64),
                   "architecture": np.array(json.dumps(self.architecture()))}
         arrays.update(self._state_arrays())
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)          # a file object: no ".npz" appended
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)              # atomic: old file or new file, never half
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_writer(path, "wb") as f:
+            np.savez(f, **arrays)              # a file object: no ".npz" appended
 
     @classmethod
     def load(cls, path, seed=None):
         """Rebuild a model saved by :meth:`save`.  ``seed`` seeds the layers' Generators
         (dropout, stochastic sign); the weights come from the file.  The model is
-        returned in training mode, like a new one."""
+        returned in training mode, like a new one.
+
+        Everything is checked before a layer is built: the version, the architecture
+        (JSON, known layer classes, valid configs), and the shape and dtype of every
+        stored array against the shapes the architecture declares (read from the
+        arrays' headers, before their data), with at most :data:`MAX_LOAD_ELEMENTS`
+        elements in all.  ``ValueError`` naming the file and the entry otherwise;
+        ``FileNotFoundError`` if there is no file.
+        """
         path = os.fspath(path)
         try:
             z = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             raise
+        except IsADirectoryError:
+            raise ValueError(f"{path}: is a directory, not a minibnn model file") from None
         except Exception as exc:
             raise ValueError(f"{path}: not a readable minibnn model file "
                              f"({type(exc).__name__}: {exc})") from exc
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise ValueError(f"{path}: not a minibnn model file (a single .npy array, not .npz)")
         with z:
+            headers = _npz_headers(z, path)
+            arch = _read_architecture(z, headers, path)
+            declared = _declared_shapes(arch, path)
+            _check_stored(declared, headers, path)
             try:
-                files = {k: z[k] for k in z.files}
+                files = {k: z[k] for k in declared}
             except Exception as exc:
                 raise ValueError(f"{path}: unreadable entry ({type(exc).__name__}: {exc})") from exc
-        if "format_version" not in files:
-            raise ValueError(f"{path}: no 'format_version' entry; not a minibnn model file")
-        version = files.pop("format_version")
-        ok_type = version.shape == () and np.issubdtype(version.dtype, np.integer)
-        if not ok_type or int(version) != FORMAT_VERSION:
-            shown = int(version) if ok_type else f"{version.tolist()!r} ({version.dtype})"
-            raise ValueError(f"{path}: format_version {shown}, this minibnn reads "
-                             f"version {FORMAT_VERSION}")
-        if "architecture" not in files:
-            raise ValueError(f"{path}: no 'architecture' entry")
-        try:
-            arch = json.loads(str(files.pop("architecture")))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: architecture is not valid JSON ({exc})") from exc
         model = cls.from_architecture(arch, seed=seed)
         model.load_state_dict(files, strict=True, source=path)
         return model
@@ -246,3 +276,106 @@ class Sequential:
     def __repr__(self):
         inner = "".join(f"\n  ({i}) {layer!r}" for i, layer in enumerate(self.layers))
         return f"Sequential({inner}\n)"
+
+
+# ---------------------------------------------------------------------------
+# loading: everything checked before anything is allocated
+# ---------------------------------------------------------------------------
+
+def _check_architecture(architecture, where=""):
+    prefix = f"{where}: " if where else ""
+    if not isinstance(architecture, list) or not all(
+            isinstance(d, dict) and "class" in d and "config" in d for d in architecture):
+        raise ValueError(f"{prefix}architecture must be a list of "
+                         f"{{'class': ..., 'config': ...}} dicts")
+
+
+def _npz_headers(z, path):
+    """``{entry: (shape, dtype)}`` from each array's .npy header, without reading data.
+
+    A header whose data would not fit in the stored member (a truncated or forged
+    entry) is refused here, before numpy allocates an array of the claimed size.
+    """
+    headers = {}
+    for name in z.files:
+        member = name + ".npy"
+        try:
+            info = z.zip.getinfo(member)
+            with z.zip.open(member) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+                header_len = f.tell()
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{path}: entry {name!r} is not a readable array "
+                             f"({type(exc).__name__}: {exc})") from None
+        if dtype.hasobject:
+            raise ValueError(f"{path}: entry {name!r} holds Python objects (dtype {dtype})")
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if info.file_size - header_len < need:
+            raise ValueError(f"{path}: entry {name!r} claims shape {shape} ({need} bytes) but "
+                             f"stores {info.file_size - header_len} bytes (truncated or forged)")
+        headers[name] = (tuple(shape), dtype)
+    return headers
+
+
+def _read_architecture(z, headers, path):
+    for key in ("format_version", "architecture"):
+        if key not in headers:
+            hint = "; not a minibnn model file" if key == "format_version" else ""
+            raise ValueError(f"{path}: no {key!r} entry{hint}")
+    shape, dtype = headers["format_version"]
+    version = z["format_version"] if shape == () else None
+    ok_type = version is not None and np.issubdtype(version.dtype, np.integer)
+    if not ok_type or int(version) != FORMAT_VERSION:
+        shown = int(version) if ok_type else f"of shape {shape} and dtype {dtype}"
+        raise ValueError(f"{path}: format_version {shown}, this minibnn reads "
+                         f"version {FORMAT_VERSION}")
+    shape, dtype = headers["architecture"]
+    if shape != () or dtype.kind != "U" or dtype.itemsize // 4 > _MAX_ARCH_CHARS:
+        raise ValueError(f"{path}: architecture must be one string of at most "
+                         f"{_MAX_ARCH_CHARS} characters, got shape {shape} dtype {dtype}")
+    try:
+        arch = json.loads(str(z["architecture"]))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: architecture is not valid JSON ({exc})") from exc
+    _check_architecture(arch, path)
+    return arch
+
+
+def _declared_shapes(arch, path):
+    """``{entry name: shape}`` the architecture declares (no layer is built)."""
+    declared = {}
+    for i, d in enumerate(arch):
+        try:
+            shapes = layer_class(d["class"]).state_shapes(d["config"])
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: layer {i}: {exc}") from None
+        declared.update({f"{i}.{k}": v for k, v in shapes.items()})
+    total = sum(int(np.prod(s, dtype=object)) for s in declared.values())
+    if total > MAX_LOAD_ELEMENTS:
+        raise ValueError(f"{path}: the architecture declares {total} parameter and buffer "
+                         f"values, more than this minibnn loads (MAX_LOAD_ELEMENTS = "
+                         f"{MAX_LOAD_ELEMENTS}); the file is damaged or not a model")
+    return declared
+
+
+def _check_stored(declared, headers, path):
+    stored = {k: v for k, v in headers.items() if k not in _META_KEYS}
+    missing = [k for k in declared if k not in stored]
+    unexpected = [k for k in stored if k not in declared]
+    if missing:
+        raise ValueError(f"{path}: missing entries {missing}")
+    if unexpected:
+        raise ValueError(f"{path}: unexpected entries {unexpected}")
+    for name, shape in declared.items():
+        got, dtype = stored[name]
+        if got != tuple(shape):
+            raise ValueError(f"{path}: entry {name!r} has shape {got}, the model "
+                             f"expects {tuple(shape)}")
+        if dtype.kind not in "fiu":
+            raise ValueError(f"{path}: entry {name!r} has non-numeric dtype {dtype}")

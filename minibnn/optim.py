@@ -1,5 +1,11 @@
 """Optimizers for binarized networks: SGD, Adam, AdaMax, shift-based AdaMax and Bop.
 
+Read this module in two parts: first the *update rules*, small NumPy functions
+(:func:`sgd_update`, :func:`adam_update`, :func:`adamax_update`,
+:func:`shift_adamax_update`, :func:`bop_update`) that update one parameter array and its
+state arrays in place, each with its formula and reference; then the *optimizer classes*,
+which walk a model's parameters, keep the state arrays, and call a rule per parameter.
+
 The parameter contract
 ----------------------
 An optimizer reads its parameters from a *source*: a model (anything with a
@@ -7,8 +13,8 @@ An optimizer reads its parameters from a *source*: a model (anything with a
 arrays between steps) or an iterable of tuples (materialized once).  Each parameter is a
 tuple ``(name, param, grad, info)``:
 
-* ``param``, ``grad`` -- same-shape floating-point numpy arrays (float32 in minibnn);
-  ``param`` is updated **in place**;
+* ``param``, ``grad`` -- same-shape arrays, ``param`` floating point (float32 in minibnn),
+  ``grad`` real; ``param`` is updated **in place**;
 * ``info`` -- ``{"binary": bool, "lr_scale": float}``.  ``binary=True`` marks a *latent*
   binary weight (the real-valued weight whose sign the layer uses in the forward pass).
 
@@ -26,10 +32,21 @@ For every rule below the step is linear in the learning rate, except
 is applied.  A step with ``lr * s`` is therefore the same as Courbariaux's
 ``param + W_LR_scale * (update - param)``.
 
-Guards: a NaN or infinite gradient raises ``ValueError`` naming the parameter, and it is
-checked for *every* parameter before *any* parameter is touched, so a failed step leaves
-the model and the optimizer state unchanged.  Everything is elementwise NumPy arithmetic
-in the dtype of the parameter: steps are deterministic.
+Guards: every parameter is checked before *any* is touched -- a NaN or infinite gradient,
+a shape mismatch, a bad ``lr_scale`` raises ``ValueError`` naming the parameter -- so a
+failed step leaves the model and the optimizer state unchanged.
+
+Numerics: :func:`sgd_update`, :func:`adam_update`, :func:`adamax_update` and
+:func:`shift_adamax_update` compute in float64 and round once, when they store into
+``param`` and the state arrays (which keep their dtype, float32 in minibnn).  The fused
+kernels of :mod:`minibnn.kernels.optim_cpu` (used for contiguous arrays; the rules above
+run otherwise) evaluate the same float64 expressions in the same order, so the two agree
+to the last bit in practice.  :func:`bop_update` computes in the arrays' dtype (its only
+arithmetic is a moving average and a comparison).  Steps are deterministic.
+
+Devices: the kernel module is picked with ``dispatch.twin(optim_cpu, param, grad)``
+(:mod:`minibnn.dispatch`): for numba.cuda device arrays the twin
+:mod:`minibnn.kernels.optim_cuda` runs the rules under the same names.
 
 State dicts
 -----------
@@ -42,7 +59,9 @@ strings -- everything ``np.savez`` stores without pickle.  Keys:
 * :class:`Bop` adds its float optimizer's entries under ``"fp/"``, e.g. ``"fp/m/1.gamma"``.
 
 :meth:`Optimizer.load_state_dict` accepts the same dict, also with values read back from
-an ``.npz`` (0-d arrays).  Hyperparameters are restored from it.
+an ``.npz`` (0-d arrays), checks all of it first (kind, keys, every slot for every
+parameter, shapes and dtypes against the parameters, hyperparameter ranges) and only
+then replaces the optimizer's state and hyperparameters.
 
 References
 ----------
@@ -55,100 +74,185 @@ Weights Do Not Exist: Rethinking Binarized Neural Network Optimization", NeurIPS
 """
 
 import math
+from collections.abc import Mapping
 
 import numpy as np
-from numba import njit, prange
 
+from . import dispatch
+from .checks import check_int, check_real_scalar
+from .kernels import optim_cpu
+from .kernels.backend import BackendUnavailable
 from .quantize import ap2
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdaMax", "ShiftAdaMax", "Bop"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdaMax", "ShiftAdaMax", "Bop",
+           "sgd_update", "adam_update", "adamax_update", "shift_adamax_update", "bop_update"]
 
 
 # ---------------------------------------------------------------------------
-# fused update kernels
+# the update rules (the readable text; fused twins in minibnn/kernels/optim_cpu.py)
 #
-# The NumPy form of an Adam step makes about ten passes over each weight array
-# (temporaries for (1-b1)*g, g*g, sqrt(v), the quotient, then the clip); for the paper's
-# 3x4096 MLP that is the largest single cost of a training step.  These kernels make one
-# pass (read w, g, m, v; write w, m, v) with the clip folded in.  They compute the same
-# formulas as the NumPy fallbacks below (which run for non-contiguous arrays), in float64
-# registers, so results agree to float32 rounding, not bit for bit.
+# Shapes and dtypes, for every rule: p (the parameter) and its state arrays (m, v, u,
+# buf) are same-shape float32/float64 arrays updated in place; g is a same-shape real
+# array; the scalars are Python numbers, t >= 1 the number of the step being taken (for
+# the bias corrections).  clip=True clips p to [-1, 1] after the step (latent binary
+# weights, Hubara et al. 2016, Alg. 1).  Each returns None.
 # ---------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True)
-def _count_nonfinite(g):
-    bad = 0
-    for i in prange(g.size):
-        if not np.isfinite(g[i]):
-            bad += 1
-    return bad
+def _f64(*arrays):
+    """float64 versions of the arrays (the rules compute in float64, store once)."""
+    return [np.asarray(a, dtype=np.float64) for a in arrays]
 
 
-@njit(cache=True, parallel=True)
-def _adam_kernel(p, g, m, v, b1, b2, a_t, eps, clip):
-    for i in prange(p.size):
-        gi = g[i]
-        mi = b1 * m[i] + (1.0 - b1) * gi
-        vi = b2 * v[i] + (1.0 - b2) * gi * gi
-        m[i] = mi
-        v[i] = vi
-        w = p[i] - a_t * mi / (math.sqrt(vi) + eps)
-        if clip:
-            w = min(1.0, max(-1.0, w))
-        p[i] = w
+def sgd_update(p, g, buf, lr, momentum, nesterov, clip):
+    """One SGD step with optional (Nesterov) momentum, in place.
+
+    ::
+
+        momentum == 0:  p <- p - lr * g                        (buf unused, may be None)
+        momentum  > 0:  buf <- momentum * buf + g
+                        d    = g + momentum * buf  if nesterov  else  buf
+                        p   <- p - lr * d
+
+    then ``p <- clip(p, -1, 1)`` if ``clip``.  ``buf`` holds gradients, not steps (as in
+    PyTorch).  Computed in float64, stored once in the arrays' dtype.
+
+    References: Sutskever, Martens, Dahl, Hinton, ICML 2013 (momentum, Nesterov);
+    Hubara et al. 2016, Alg. 1 (clip).
+    """
+    g, w = _f64(g, p)
+    if momentum == 0.0:
+        d = g
+    else:
+        (b,) = _f64(buf)
+        b = momentum * b + g
+        d = g + momentum * b if nesterov else b
+        buf[...] = b
+    w = w - lr * d
+    if clip:
+        w = np.clip(w, -1.0, 1.0)
+    p[...] = w
 
 
-@njit(cache=True, parallel=True)
-def _adamax_kernel(p, g, m, u, b1, b2, step, eps, clip):
-    for i in prange(p.size):
-        gi = g[i]
-        mi = b1 * m[i] + (1.0 - b1) * gi
-        ui = max(b2 * u[i], abs(gi))
-        m[i] = mi
-        u[i] = ui
-        w = p[i] - step * mi / (ui + eps)
-        if clip:
-            w = min(1.0, max(-1.0, w))
-        p[i] = w
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, t, clip):
+    """One Adam step, in place, in the "efficient" form of Kingma & Ba, Sec. 2::
+
+        m   <- beta1 * m + (1 - beta1) * g
+        v   <- beta2 * v + (1 - beta2) * g**2
+        a_t  = lr * sqrt(1 - beta2**t) / (1 - beta1**t)
+        p   <- p - a_t * m / (sqrt(v) + eps)
+
+    then ``p <- clip(p, -1, 1)`` if ``clip``.  ``eps`` is added to ``sqrt(v)``, not to
+    ``sqrt(v_hat)`` (Lasagne's ``adam``, which the paper's code runs).  Computed in
+    float64, stored once in the arrays' dtype; :func:`minibnn.kernels.optim_cpu.adam_update`
+    is the one-pass twin.
+
+    References: Kingma & Ba, ICLR 2015, Alg. 1; Hubara et al. 2016, Alg. 1 (clip).
+    """
+    g, m64, v64, w = _f64(g, m, v, p)
+    m64 = beta1 * m64 + (1.0 - beta1) * g
+    v64 = beta2 * v64 + (1.0 - beta2) * g * g
+    a_t = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    w = w - a_t * m64 / (np.sqrt(v64) + eps)
+    if clip:
+        w = np.clip(w, -1.0, 1.0)
+    m[...] = m64
+    v[...] = v64
+    p[...] = w
 
 
-def _flat_views(*arrays):
-    """1-D views of C-contiguous arrays (None if any is not contiguous: a reshape would
-    then copy, and an in-place update of the copy would be lost)."""
-    if not all(a.flags.c_contiguous for a in arrays):
-        return None
-    return [a.reshape(-1) for a in arrays]
+def adamax_update(p, g, m, u, lr, beta1, beta2, eps, t, clip):
+    """One AdaMax step (the infinity-norm variant of Adam), in place::
+
+        m  <- beta1 * m + (1 - beta1) * g
+        u  <- max(beta2 * u, |g|)
+        p  <- p - (lr / (1 - beta1**t)) * m / (u + eps)
+
+    then ``p <- clip(p, -1, 1)`` if ``clip``.  ``eps`` (Lasagne's ``adamax``) only guards
+    ``u = 0``, i.e. a parameter whose gradients were all 0 (then ``m = 0`` too).  Computed
+    in float64, stored once in the arrays' dtype;
+    :func:`minibnn.kernels.optim_cpu.adamax_update` is the one-pass twin.
+
+    References: Kingma & Ba, ICLR 2015, Alg. 2; Hubara et al. 2016, Alg. 1 (clip).
+    """
+    g, m64, u64, w = _f64(g, m, u, p)
+    m64 = beta1 * m64 + (1.0 - beta1) * g
+    u64 = np.maximum(beta2 * u64, np.abs(g))
+    step = lr / (1.0 - beta1 ** t)
+    w = w - step * m64 / (u64 + eps)
+    if clip:
+        w = np.clip(w, -1.0, 1.0)
+    m[...] = m64
+    u[...] = u64
+    p[...] = w
+
+
+def shift_adamax_update(p, g, m, v, lr, beta1, beta2, eps, t, clip):
+    """One shift-based AdaMax step (Hubara et al. 2016, Alg. 4), in place::
+
+        m     <- beta1 * m + (1 - beta1) * g
+        v     <- max(beta2 * v, |g|)
+        step   = AP2(lr / (1 - beta1**t)) * AP2(1 / (v + eps)) * m
+        p     <- p - step
+
+    then ``p <- clip(p, -1, 1)`` if ``clip``.  ``AP2(x) = sign(x) * 2**round(log2|x|)``
+    (:func:`minibnn.quantize.ap2`), so ``step / m`` is, elementwise, an exact power of two
+    and the step is ``m`` shifted twice.  Computed in float64 (the product of two powers
+    of two and ``m`` is exact there), stored once in the arrays' dtype;
+    :func:`minibnn.kernels.optim_cpu.shift_adamax_update` is the one-pass twin.
+
+    References: Hubara et al., NIPS 2016, Sec. 1.5 and Alg. 4; Kingma & Ba 2015, Alg. 2.
+    """
+    g, m64, v64, w = _f64(g, m, v, p)
+    m64 = beta1 * m64 + (1.0 - beta1) * g
+    v64 = np.maximum(beta2 * v64, np.abs(g))
+    factor = ap2(np.float64(lr / (1.0 - beta1 ** t))) * ap2(1.0 / (v64 + eps))
+    w = w - factor * m64
+    if clip:
+        w = np.clip(w, -1.0, 1.0)
+    m[...] = m64
+    v[...] = v64
+    p[...] = w
+
+
+def bop_update(p, g, m, gamma, threshold):
+    """One Bop step on binary weights ``p`` (entries exactly +-1), in place::
+
+        m <- (1 - gamma) * m + gamma * g
+        p <- -p   where  p * m > threshold     (|m| > threshold and sign(m) == sign(p))
+             p    elsewhere
+
+    i.e. a weight flips when the moving average of its gradient is strong enough and
+    pushes it to the other sign.  Computed in the arrays' dtype (the comparison too: NumPy
+    casts the Python ``threshold`` to it).  No learning rate and no clip.
+
+    References: Helwegen et al., NeurIPS 2019, Alg. 1; larq's ``Bop``.
+    """
+    m *= 1.0 - gamma
+    m += gamma * g
+    flip = (p * m) > threshold
+    np.negative(p, out=p, where=flip)
 
 
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
 
-def _ap2(x):
-    """AP2 (:func:`minibnn.quantize.ap2`) in float64: ``sign(x) * 2**round(log2|x|)``, AP2(0) = 0."""
-    return ap2(np.asarray(x, dtype=np.float64))
-
-
-
-
-def _scalar(v, kind=float):
+def _scalar(key, v, kind=float):
     """A Python scalar from a scalar or a 0-d array (as read back from an .npz)."""
     if isinstance(v, np.ndarray):
         if v.ndim != 0:
-            raise ValueError(f"expected a scalar, got an array of shape {v.shape}")
+            raise ValueError(f"state dict key {key!r}: expected a scalar, got an array of shape {v.shape}")
         v = v.item()
-    return kind(v)
+    if kind is str:
+        if not isinstance(v, str):
+            raise ValueError(f"state dict key {key!r}: expected a string, got {type(v).__name__} {v!r}")
+        return v
+    return v
 
 
-def _check_hyper(name, value, lo=None, hi=None, lo_open=False, hi_open=False):
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
-    if hi is not None and (value > hi or (hi_open and value == hi)):
-        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value}")
-    return value
+def _host_array(a):
+    """A NumPy copy of a host or device array (state dicts hold NumPy arrays)."""
+    return dispatch.twin(optim_cpu, a).to_host(a)
 
 
 # ---------------------------------------------------------------------------
@@ -163,17 +267,21 @@ class Optimizer:
     params_source : model, iterable of ``(name, param, grad, info)`` tuples, or None
         A model's ``parameters()`` is called at every :meth:`step`; a plain iterable is
         read once.  ``None`` makes an optimizer that is only driven by another one (the
-        float optimizer inside :class:`Bop`).
+        float optimizer inside :class:`Bop`) through :meth:`step_params`.
     lr : float
         Learning rate (>= 0), settable: ``opt.lr = schedule(epoch)``.
 
     Notes
     -----
-    A subclass implements ``_update(name, param, grad, info, lr_eff)``, which updates
-    ``param`` in place with the effective learning rate ``lr_eff`` (``lr * lr_scale`` for
-    binary params, ``lr`` otherwise) and its state arrays in ``self.state[slot][name]``;
-    the base class clips binary params to ``[-1, 1]`` afterwards.  ``self.t`` counts the
-    steps taken (1 during the first step), for bias corrections.
+    A subclass implements ``_update(name, param, grad, info, lr_eff, clip) -> bool``,
+    which updates ``param`` in place with the effective learning rate ``lr_eff``
+    (``lr * lr_scale`` for binary params, ``lr`` otherwise) and its state arrays
+    (:meth:`_slot`), and returns whether it applied the ``[-1, 1]`` clip itself: every
+    built-in rule does when ``clip`` is True (the clip is part of the rule's single pass)
+    and so returns ``clip``; a subclass that returns False when ``clip`` is True gets the
+    clip from the base class.  ``self.t`` counts the steps taken (1 during the first
+    step), for bias corrections.  A subclass with hyperparameters lists them in ``hyper``
+    and checks them in ``_checked_hyper``.
     """
 
     #: state slots of the subclass, e.g. ("m", "v"); each is a dict name -> array
@@ -189,12 +297,17 @@ class Optimizer:
         elif callable(getattr(params_source, "parameters", None)):
             self._model, self._fixed = params_source, None
         else:
-            self._model, self._fixed = None, list(params_source)
+            try:
+                self._model, self._fixed = None, list(params_source)
+            except TypeError:
+                raise TypeError("params_source must be a model (with a parameters() method), an "
+                                "iterable of (name, param, grad, info) tuples, or None; got "
+                                f"{type(params_source).__name__}") from None
         self.lr = lr
         self.t = 0
         self.state = {slot: {} for slot in self.slots}
 
-    # -- learning rate -----------------------------------------------------
+    # -- hyperparameters ---------------------------------------------------
     @property
     def lr(self):
         """The learning rate (float >= 0); schedules set it once per epoch."""
@@ -202,7 +315,18 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value):
-        self._lr = _check_hyper("lr", value, lo=0.0)
+        self._lr = check_real_scalar(value, "lr", lo=0.0)
+
+    def _checked_hyper(self, **values):
+        """The hyperparameters ``values`` (all of ``self.hyper``), checked and normalised.
+
+        Raises TypeError/ValueError naming the hyperparameter; a subclass overrides it.
+        """
+        return {}
+
+    def _set_hyper(self, **values):
+        for k, v in self._checked_hyper(**values).items():
+            setattr(self, k, v)
 
     # -- parameters --------------------------------------------------------
     def _raw_params(self):
@@ -211,12 +335,17 @@ class Optimizer:
         if self._fixed is not None:
             return self._fixed
         raise RuntimeError(f"{type(self).__name__} was built without a parameter source "
-                           "(params_source=None); it can only be driven by another optimizer")
+                           "(params_source=None); it can only be driven by another optimizer "
+                           "through step_params(params)")
 
-    def _collect(self):
-        """Validated ``[(name, param, grad, info)]``; ValueError on bad or non-finite grads."""
+    def _validate(self, items):
+        """Checked ``[(name, param, grad, info)]``: ValueError/TypeError naming the parameter.
+
+        ``info`` comes back as a new dict with ``"binary"`` a bool and, for binary params,
+        ``"lr_scale"`` a checked float.  Nothing is modified.
+        """
         out, seen = [], set()
-        for item in self._raw_params():
+        for item in items:
             try:
                 name, param, grad, info = item
             except (TypeError, ValueError):
@@ -226,34 +355,55 @@ class Optimizer:
             if name in seen:
                 raise ValueError(f"duplicate parameter name {name!r}")
             seen.add(name)
-            if not isinstance(param, np.ndarray) or not np.issubdtype(param.dtype, np.floating):
-                raise ValueError(f"parameter {name!r}: param must be a floating-point numpy array")
             if grad is None:
                 raise ValueError(f"parameter {name!r}: no gradient (grad is None); run backward first")
-            grad = np.asarray(grad)
-            if grad.shape != param.shape:
-                raise ValueError(f"parameter {name!r}: grad shape {grad.shape} != param shape {param.shape}")
-            if grad.flags.c_contiguous and grad.dtype.kind == "f" and grad.size > 4096:
-                bad = int(_count_nonfinite(grad.reshape(-1)))
-            else:
-                bad = int(np.size(grad) - np.count_nonzero(np.isfinite(grad)))
+            kern = dispatch.twin(optim_cpu, param, grad)    # TypeError if host and device mix
+            if kern is optim_cpu:
+                if not isinstance(param, np.ndarray) or not np.issubdtype(param.dtype, np.floating):
+                    raise ValueError(f"parameter {name!r}: param must be a floating-point numpy array")
+                grad = np.asarray(grad)
+                if grad.dtype == np.bool_ or grad.dtype.kind not in "fiu":
+                    raise ValueError(f"parameter {name!r}: grad must be a real array, got dtype {grad.dtype}")
+                if not grad.flags.c_contiguous:
+                    grad = np.ascontiguousarray(grad)       # only read: a copy lets the kernels run
+            elif np.dtype(param.dtype).kind != "f":
+                raise ValueError(f"parameter {name!r}: param must be a floating-point array")
+            if tuple(grad.shape) != tuple(param.shape):
+                raise ValueError(f"parameter {name!r}: grad shape {tuple(grad.shape)} != "
+                                 f"param shape {tuple(param.shape)}")
+            bad = kern.count_nonfinite(grad)
             if bad:
                 raise ValueError(f"parameter {name!r}: gradient has {bad} non-finite value(s) (NaN/inf)")
             info = dict(info) if info is not None else {}
+            info["binary"] = bool(info.get("binary", False))
+            if info["binary"]:
+                info["lr_scale"] = check_real_scalar(info.get("lr_scale", 1.0),
+                                                     f"parameter {name!r}: lr_scale", lo=0.0)
+            for slot in self.slots:
+                arr = self.state[slot].get(name)
+                if arr is not None and tuple(arr.shape) != tuple(param.shape):
+                    raise ValueError(f"parameter {name!r}: optimizer state {slot!r} has shape "
+                                     f"{tuple(arr.shape)}, param has shape {tuple(param.shape)}")
             out.append((name, param, grad, info))
         return out
 
     # -- the step ----------------------------------------------------------
     def step(self):
-        """One update of every parameter (after the checks of all gradients)."""
-        self._step_params(self._collect())
+        """One update of every parameter of the source (after the checks of all of them)."""
+        self.step_params(self._raw_params())
 
-    def _step_params(self, params):
+    def step_params(self, params):
+        """One update of the given ``(name, param, grad, info)`` parameters.
+
+        All are checked first (see :meth:`_validate`); then ``t`` advances and each is
+        updated.  :class:`Bop` drives its float optimizer through this method.
+        """
+        params = self._validate(params)
         self.t += 1
         for name, param, grad, info in params:
-            binary = bool(info.get("binary", False))
+            binary = info["binary"]
             if binary:
-                scale = _check_hyper(f"parameter {name!r}: lr_scale", info.get("lr_scale", 1.0), lo=0.0)
+                scale = info["lr_scale"]
                 lr_eff = self.lr * scale
             else:
                 lr_eff = self.lr
@@ -265,15 +415,36 @@ class Optimizer:
         """Update ``param`` in place; return True if it also applied the [-1, 1] clip."""
         raise NotImplementedError
 
+    @staticmethod
+    def _pick(rule_name, readable, *arrays):
+        """The function that runs rule ``rule_name`` on ``arrays``.
+
+        The kernel module's fused version (same name and signature) when the module has
+        one and it applies to these arrays, else ``readable`` (the NumPy rule above).  For
+        device arrays there is no NumPy fallback: a missing twin is BackendUnavailable.
+        """
+        kern = dispatch.twin(optim_cpu, *arrays)
+        fused = getattr(kern, rule_name, None)
+        if fused is not None and kern.fusable(*arrays):
+            return fused
+        if kern is not optim_cpu:
+            raise BackendUnavailable(f"{kern.__name__} cannot run {rule_name} on these device arrays "
+                                     "(no such function, or the arrays are not fusable)")
+        return readable
+
     def _slot(self, slot, name, like):
-        """State array ``self.state[slot][name]``, created as zeros like ``like``."""
+        """State array ``self.state[slot][name]``, created as zeros like ``like``.
+
+        A state array loaded from a state dict (NumPy) moves to ``like``'s memory here.
+        """
+        kern = dispatch.twin(optim_cpu, like)
         arr = self.state[slot].get(name)
         if arr is None:
-            arr = np.zeros(like.shape, dtype=like.dtype)
+            arr = kern.zeros_like(like)
             self.state[slot][name] = arr
-        elif arr.shape != like.shape:
-            raise ValueError(f"parameter {name!r}: optimizer state {slot!r} has shape {arr.shape}, "
-                             f"param has shape {like.shape}")
+        elif dispatch.on_device(arr) != dispatch.on_device(like):
+            arr = kern.from_host(_host_array(arr))
+            self.state[slot][name] = arr
         return arr
 
     def zero_grad(self):
@@ -287,48 +458,163 @@ class Optimizer:
     def state_dict(self):
         """Flat dict: ``optimizer``, ``lr``, ``t``, hyperparameters, ``"<slot>/<name>"`` arrays.
 
-        Arrays are copies.  Everything is storable by ``np.savez`` without pickle.
+        Arrays are NumPy copies.  Everything is storable by ``np.savez`` without pickle.
         """
         d = {"optimizer": type(self).__name__, "lr": float(self.lr), "t": int(self.t)}
         for h in self.hyper:
             d[h] = getattr(self, h)
         for slot in self.slots:
             for name, arr in self.state[slot].items():
-                d[f"{slot}/{name}"] = arr.copy()
+                d[f"{slot}/{name}"] = _host_array(arr)
         return d
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, params=None):
         """Restore from :meth:`state_dict` output (values may be 0-d arrays from an .npz).
 
-        Raises ``ValueError`` when the dict is from another optimizer class or holds an
-        unknown slot.  The next :meth:`step` continues exactly as the saved optimizer would.
+        Everything is checked before anything is assigned, so on error the optimizer is
+        unchanged.  ``ValueError`` (naming the key) for: another optimizer class, a missing
+        ``optimizer``/``t``/``lr``/hyperparameter key, unknown keys or slots, a negative or
+        non-integer ``t``, hyperparameters out of range, a parameter with some of its
+        state slots but not all, state arrays of different shapes or a non-float dtype,
+        and -- checked against ``params`` (default: this optimizer's source, if it has
+        one) -- state for an unknown parameter, a shape or dtype different from the
+        parameter's, or, after steps were taken (``t > 0``), a parameter with no state.
+        The next :meth:`step` continues exactly as the saved optimizer would.
+
+        Parameters
+        ----------
+        state : mapping, as returned by :meth:`state_dict`
+        params : iterable of ``(name, param, grad, info)`` or None
+            The parameters this optimizer updates (``grad`` is not read).
         """
+        self._apply_state(self._parse_state(state, params))
+
+    def _param_map(self, params):
+        """``{name: (param, info)}`` of the parameters this optimizer updates, or None."""
+        if params is None:
+            if self._model is None and self._fixed is None:
+                return None
+            params = self._raw_params()
+        out = {}
+        for item in params:
+            try:
+                name, param, _, info = item
+            except (TypeError, ValueError):
+                raise ValueError("a parameter must be a (name, param, grad, info) tuple, "
+                                 f"got {type(item).__name__}") from None
+            info = dict(info) if info is not None else {}
+            if self._owns(info):
+                out[str(name)] = (param, info)
+        return out
+
+    def _owns(self, info):
+        """True if this optimizer keeps state for a parameter with this ``info``."""
+        return True
+
+    def _slots_in_use(self, hyper):
+        """The slots each parameter has after a step, under hyperparameters ``hyper``."""
+        return self.slots
+
+    def _required_scalars(self):
+        return ("lr", "t", *self.hyper)
+
+    def _parse_state(self, state, params):
+        """Check ``state`` completely; return what :meth:`_apply_state` assigns."""
+        cls = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping (a {cls}.state_dict()), got {type(state).__name__}")
         state = dict(state)
-        kind = _scalar(state.get("optimizer", type(self).__name__), str)
-        if kind != type(self).__name__:
-            raise ValueError(f"state dict is for {kind}, not {type(self).__name__}")
-        new_state = {slot: {} for slot in self.slots}
-        scalars = {}
+        if "optimizer" not in state:
+            raise ValueError(f"state dict has no 'optimizer' key (the optimizer class, {cls!r})")
+        kind = _scalar("optimizer", state["optimizer"], str)
+        if kind != cls:
+            raise ValueError(f"state dict key 'optimizer': the state is for {kind}, not {cls}")
+        scalars, arrays = {}, {}
         for key, value in state.items():
-            if key in ("optimizer",):
+            if not isinstance(key, str):
+                raise ValueError(f"state dict key {key!r}: keys must be strings")
+            if key == "optimizer":
                 continue
             if "/" in key:
                 slot, name = key.split("/", 1)
-                if slot not in new_state:
-                    raise ValueError(f"state dict key {key!r}: unknown slot {slot!r} for {type(self).__name__}")
-                new_state[slot][name] = np.array(value, copy=True)
+                if slot not in self.slots:
+                    known = ", ".join(self.slots) or "none"
+                    raise ValueError(f"state dict key {key!r}: unknown slot {slot!r} for {cls} "
+                                     f"(its slots: {known})")
+                arr = np.asarray(value)
+                if arr.dtype.kind != "f":
+                    raise ValueError(f"state dict key {key!r}: state arrays must be floating point, "
+                                     f"got dtype {arr.dtype}")
+                arrays.setdefault(name, {})[slot] = arr
             else:
                 scalars[key] = value
-        unknown = set(scalars) - {"lr", "t", *self.hyper}
+        required = self._required_scalars()
+        unknown = sorted(set(scalars) - set(required))
         if unknown:
-            raise ValueError(f"state dict has unknown keys {sorted(unknown)} for {type(self).__name__}")
-        for h in self.hyper:
-            if h in scalars:
-                setattr(self, h, _scalar(scalars[h], type(getattr(self, h))))
-        if "lr" in scalars:
-            self.lr = _scalar(scalars["lr"])
-        self.t = _scalar(scalars.get("t", 0), int)
-        self.state = new_state
+            raise ValueError(f"state dict has unknown keys {unknown} for {cls} "
+                             f"(scalar keys: {', '.join(required)})")
+        for key in required:
+            if key not in scalars:
+                raise ValueError(f"state dict has no {key!r} key (needed to restore {cls})")
+        new = {}
+        try:
+            if "lr" in required:
+                new["lr"] = check_real_scalar(_scalar("lr", scalars["lr"]), "lr", lo=0.0)
+            new["t"] = check_int(_scalar("t", scalars["t"]), "t (steps taken)", minimum=0)
+            new["hyper"] = self._checked_hyper(**{h: _scalar(h, scalars[h]) for h in self.hyper})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"state dict: {exc}") from None
+        in_use = self._slots_in_use(new["hyper"])
+        for name, slots in arrays.items():
+            for slot in slots:
+                if slot not in in_use:
+                    raise ValueError(f"state dict key '{slot}/{name}': {cls} with these "
+                                     f"hyperparameters keeps no {slot!r} state")
+            for slot in in_use:
+                if slot not in slots:
+                    have = next(iter(slots))
+                    raise ValueError(f"state dict key '{slot}/{name}' is missing: the state has "
+                                     f"'{have}/{name}', and {cls} keeps {', '.join(in_use)} "
+                                     "for each parameter")
+            shapes = {s: a.shape for s, a in slots.items()}
+            dtypes = {s: a.dtype for s, a in slots.items()}
+            if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
+                raise ValueError(f"state dict: the state arrays of parameter {name!r} disagree in "
+                                 "shape or dtype: " + ", ".join(f"'{s}/{name}' shape {shapes[s]} {dtypes[s]}"
+                                                                for s in slots))
+        pmap = self._param_map(params)
+        if pmap is not None:
+            for name, slots in arrays.items():
+                slot, arr = next(iter(slots.items()))
+                key = f"{slot}/{name}"
+                if name not in pmap:
+                    raise ValueError(f"state dict key {key!r}: no parameter named {name!r} among "
+                                     f"the {len(pmap)} parameters {cls} updates")
+                param = pmap[name][0]
+                if tuple(arr.shape) != tuple(param.shape):
+                    raise ValueError(f"state dict key {key!r}: shape {tuple(arr.shape)} != parameter "
+                                     f"shape {tuple(param.shape)}")
+                if arr.dtype != np.dtype(param.dtype):
+                    raise ValueError(f"state dict key {key!r}: dtype {arr.dtype} != parameter "
+                                     f"dtype {np.dtype(param.dtype)}")
+            if new["t"] > 0 and in_use:
+                for name in pmap:
+                    if name not in arrays:
+                        raise ValueError(f"state dict key '{in_use[0]}/{name}' is missing: {cls} "
+                                         f"took {new['t']} step(s), so parameter {name!r} has state")
+        new["state"] = {slot: {name: np.array(slots[slot], copy=True, order="C")
+                               for name, slots in arrays.items() if slot in slots}
+                        for slot in self.slots}
+        return new
+
+    def _apply_state(self, new):
+        """Assign what :meth:`_parse_state` checked (cannot fail)."""
+        for k, v in new["hyper"].items():
+            setattr(self, k, v)
+        if "lr" in new:
+            self.lr = new["lr"]
+        self.t = new["t"]
+        self.state = new["state"]
 
     def __repr__(self):
         hp = ", ".join(f"{h}={getattr(self, h)!r}" for h in self.hyper)
@@ -340,7 +626,7 @@ class Optimizer:
 # ---------------------------------------------------------------------------
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional (Nesterov) momentum.
+    """Stochastic gradient descent with optional (Nesterov) momentum (rule: :func:`sgd_update`).
 
     With ``eta = lr * lr_scale`` (binary params) or ``lr`` (others) and ``mu = momentum``::
 
@@ -371,21 +657,25 @@ class SGD(Optimizer):
 
     def __init__(self, params_source, lr, momentum=0.0, nesterov=False):
         super().__init__(params_source, lr)
-        self.momentum = _check_hyper("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
-        self.nesterov = bool(nesterov)
-        if self.nesterov and self.momentum == 0.0:
+        self._set_hyper(momentum=momentum, nesterov=nesterov)
+
+    def _checked_hyper(self, momentum, nesterov):
+        momentum = check_real_scalar(momentum, "momentum", lo=0.0, hi=1.0, hi_open=True)
+        if not isinstance(nesterov, (bool, np.bool_)):
+            raise TypeError(f"nesterov must be True or False, got {type(nesterov).__name__} {nesterov!r}")
+        nesterov = bool(nesterov)
+        if nesterov and momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0")
+        return {"momentum": momentum, "nesterov": nesterov}
+
+    def _slots_in_use(self, hyper):
+        return self.slots if hyper["momentum"] > 0.0 else ()
 
     def _update(self, name, param, grad, info, lr_eff, clip=False):
-        mu = self.momentum
-        if mu == 0.0:
-            param -= lr_eff * grad
-            return
-        buf = self._slot("buf", name, param)
-        buf *= mu
-        buf += grad
-        d = grad + mu * buf if self.nesterov else buf
-        param -= lr_eff * d
+        buf = self._slot("buf", name, param) if self.momentum != 0.0 else None
+        rule = self._pick("sgd_update", sgd_update, param, grad, buf)
+        rule(param, grad, buf, lr_eff, self.momentum, self.nesterov, clip)
+        return clip
 
 
 # ---------------------------------------------------------------------------
@@ -399,13 +689,17 @@ class _MomentOptimizer(Optimizer):
 
     def __init__(self, params_source, lr, beta1, beta2, eps):
         Optimizer.__init__(self, params_source, lr)
-        self.beta1 = _check_hyper("beta1", beta1, lo=0.0, hi=1.0, hi_open=True)
-        self.beta2 = _check_hyper("beta2", beta2, lo=0.0, hi=1.0, hi_open=True)
-        self.eps = _check_hyper("eps", eps, lo=0.0, lo_open=True)
+        self._set_hyper(beta1=beta1, beta2=beta2, eps=eps)
+
+    def _checked_hyper(self, beta1, beta2, eps):
+        return {"beta1": check_real_scalar(beta1, "beta1", lo=0.0, hi=1.0, hi_open=True),
+                "beta2": check_real_scalar(beta2, "beta2", lo=0.0, hi=1.0, hi_open=True),
+                "eps": check_real_scalar(eps, "eps", lo=0.0, lo_open=True)}
 
 
 class Adam(_MomentOptimizer):
-    """Adam (Kingma & Ba 2015, Alg. 1, in the "efficient" form of their Sec. 2).
+    """Adam (Kingma & Ba 2015, Alg. 1, in the "efficient" form of their Sec. 2; rule:
+    :func:`adam_update`).
 
     With ``eta = lr * lr_scale`` (binary params) or ``lr`` (others), step ``t = 1, 2, ...``
     and ``m_0 = v_0 = 0``::
@@ -418,7 +712,8 @@ class Adam(_MomentOptimizer):
     then binary params are clipped to ``[-1, 1]``.  This is Lasagne's ``adam`` (eps added
     to ``sqrt(v)``, not to ``sqrt(v_hat)``), which the paper's MNIST / CIFAR-10 / SVHN code
     runs on the binary weights with ``lr * W_LR_scale`` and clipping, and on the other
-    parameters with ``lr``.
+    parameters with ``lr``.  Contiguous arrays run the fused one-pass kernel
+    :func:`minibnn.kernels.optim_cpu.adam_update`.
 
     Parameters
     ----------
@@ -439,24 +734,16 @@ class Adam(_MomentOptimizer):
         super().__init__(params_source, lr, beta1, beta2, eps)
 
     def _update(self, name, param, grad, info, lr_eff, clip=False):
-        b1, b2, t = self.beta1, self.beta2, self.t
         m = self._slot("m", name, param)
         v = self._slot("v", name, param)
-        a_t = lr_eff * math.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
-        flat = _flat_views(param, np.asarray(grad, dtype=param.dtype), m, v)
-        if flat is not None:
-            _adam_kernel(*flat, b1, b2, a_t, self.eps, clip)
-            return clip
-        m *= b1
-        m += (1.0 - b1) * grad
-        v *= b2
-        v += (1.0 - b2) * (grad * grad)
-        param -= a_t * m / (np.sqrt(v) + self.eps)
-        return False
+        rule = self._pick("adam_update", adam_update, param, grad, m, v)
+        rule(param, grad, m, v, lr_eff, self.beta1, self.beta2, self.eps, self.t, clip)
+        return clip
 
 
 class AdaMax(_MomentOptimizer):
-    """AdaMax, the infinity-norm variant of Adam (Kingma & Ba 2015, Alg. 2).
+    """AdaMax, the infinity-norm variant of Adam (Kingma & Ba 2015, Alg. 2; rule:
+    :func:`adamax_update`).
 
     With ``eta = lr * lr_scale`` (binary params) or ``lr`` (others), step ``t`` and
     ``m_0 = u_0 = 0``::
@@ -467,6 +754,7 @@ class AdaMax(_MomentOptimizer):
 
     then binary params are clipped to ``[-1, 1]``.  ``eps`` (Lasagne's ``adamax``) only
     guards ``u = 0``, i.e. a parameter whose gradients were all 0 (then ``m = 0`` too).
+    Contiguous arrays run the fused kernel :func:`minibnn.kernels.optim_cpu.adamax_update`.
 
     Parameters
     ----------
@@ -486,22 +774,16 @@ class AdaMax(_MomentOptimizer):
         super().__init__(params_source, lr, beta1, beta2, eps)
 
     def _update(self, name, param, grad, info, lr_eff, clip=False):
-        b1, b2, t = self.beta1, self.beta2, self.t
         m = self._slot("m", name, param)
         u = self._slot("u", name, param)
-        flat = _flat_views(param, np.asarray(grad, dtype=param.dtype), m, u)
-        if flat is not None:
-            _adamax_kernel(*flat, b1, b2, lr_eff / (1.0 - b1 ** t), self.eps, clip)
-            return clip
-        m *= b1
-        m += (1.0 - b1) * grad
-        np.maximum(u * b2, np.abs(grad), out=u)
-        param -= (lr_eff / (1.0 - b1 ** t)) * m / (u + self.eps)
-        return False
+        rule = self._pick("adamax_update", adamax_update, param, grad, m, u)
+        rule(param, grad, m, u, lr_eff, self.beta1, self.beta2, self.eps, self.t, clip)
+        return clip
 
 
 class ShiftAdaMax(_MomentOptimizer):
-    """Shift-based AdaMax (Hubara et al. 2016, Alg. 4): AdaMax with power-of-two factors.
+    """Shift-based AdaMax (Hubara et al. 2016, Alg. 4): AdaMax with power-of-two factors
+    (rule: :func:`shift_adamax_update`).
 
     Alg. 4 writes the update as ``theta <- theta - (alpha >>> (1 - beta1)) * m >>> v^-1``,
     where ``>>>`` is a shift, i.e. a multiplication by a power-of-two approximation
@@ -545,16 +827,11 @@ class ShiftAdaMax(_MomentOptimizer):
         super().__init__(params_source, lr, beta1, beta2, eps)
 
     def _update(self, name, param, grad, info, lr_eff, clip=False):
-        b1, b2, t = self.beta1, self.beta2, self.t
         m = self._slot("m", name, param)
         v = self._slot("v", name, param)
-        m *= b1
-        m += (1.0 - b1) * grad
-        np.maximum(v * b2, np.abs(grad), out=v)
-        alpha = float(_ap2(lr_eff / (1.0 - b1 ** t)))
-        inv_v = _ap2(1.0 / (v.astype(np.float64) + self.eps))
-        factor = (alpha * inv_v).astype(param.dtype)      # product of powers of two: exact
-        param -= factor * m                               # factor * m is exact (no underflow)
+        rule = self._pick("shift_adamax_update", shift_adamax_update, param, grad, m, v)
+        rule(param, grad, m, v, lr_eff, self.beta1, self.beta2, self.eps, self.t, clip)
+        return clip
 
 
 # ---------------------------------------------------------------------------
@@ -562,7 +839,8 @@ class ShiftAdaMax(_MomentOptimizer):
 # ---------------------------------------------------------------------------
 
 class Bop(Optimizer):
-    """Bop, the binary optimizer without latent weights (Helwegen et al. 2019, Alg. 1).
+    """Bop, the binary optimizer without latent weights (Helwegen et al. 2019, Alg. 1;
+    rule: :func:`bop_update`).
 
     Binary params (``info["binary"]``) hold exactly ``+-1``: on the first step that sees a
     binary param it is set to its sign, ``w <- +1 if w >= 0 else -1`` (sign(0) = +1, see
@@ -578,9 +856,10 @@ class Bop(Optimizer):
     keeps ``w``).  No learning rate, no ``lr_scale``, no clipping apply to binary params.
 
     Every other parameter (BatchNorm gamma/beta, float layers) is passed to
-    ``fp_optimizer``, which runs its own rule on them only (its ``lr``, its state and its
-    step counter; its own parameter source, if any, is ignored).  A model with non-binary
-    params and no ``fp_optimizer`` raises ``ValueError`` at :meth:`step`.
+    ``fp_optimizer`` (through its public :meth:`Optimizer.step_params`), which runs its
+    own rule on them only (its ``lr``, its state and its step counter; its own parameter
+    source, if any, is ignored).  A model with non-binary params and no ``fp_optimizer``
+    raises ``ValueError`` at :meth:`step`.
 
     ``lr`` reads and sets ``fp_optimizer.lr`` (so learning-rate schedules drive the float
     parameters); ``gamma`` and ``threshold`` are plain attributes that can be decayed by
@@ -606,13 +885,17 @@ class Bop(Optimizer):
 
     def __init__(self, params_source, threshold=1e-8, gamma=1e-4, fp_optimizer=None):
         if fp_optimizer is not None and not isinstance(fp_optimizer, Optimizer):
-            raise TypeError("fp_optimizer must be a minibnn.optim.Optimizer (or None)")
+            raise TypeError("fp_optimizer must be a minibnn.optim.Optimizer (or None), "
+                            f"got {type(fp_optimizer).__name__}")
         if isinstance(fp_optimizer, Bop):
             raise TypeError("fp_optimizer cannot be another Bop")
         self.fp_optimizer = fp_optimizer
         super().__init__(params_source, fp_optimizer.lr if fp_optimizer is not None else 0.0)
-        self.threshold = _check_hyper("threshold", threshold, lo=0.0)
-        self.gamma = _check_hyper("gamma", gamma, lo=0.0, hi=1.0, lo_open=True)
+        self._set_hyper(threshold=threshold, gamma=gamma)
+
+    def _checked_hyper(self, threshold, gamma):
+        return {"threshold": check_real_scalar(threshold, "threshold", lo=0.0),
+                "gamma": check_real_scalar(gamma, "gamma", lo=0.0, hi=1.0, lo_open=True)}
 
     @property
     def lr(self):
@@ -622,33 +905,43 @@ class Bop(Optimizer):
 
     @lr.setter
     def lr(self, value):
-        self._lr = _check_hyper("lr", value, lo=0.0)
+        self._lr = check_real_scalar(value, "lr", lo=0.0)
         fp = getattr(self, "fp_optimizer", None)
         if fp is not None:
             fp.lr = self._lr
 
     def step(self):
         """Flip binary params (Bop rule); run ``fp_optimizer`` on the others."""
-        params = self._collect()
-        binary = [p for p in params if p[3].get("binary", False)]
-        other = [p for p in params if not p[3].get("binary", False)]
+        self.step_params(self._raw_params())
+
+    def step_params(self, params):
+        """One Bop step on the given parameters (all checked before any is touched)."""
+        params = self._validate(params)
+        binary = [p for p in params if p[3]["binary"]]
+        other = [p for p in params if not p[3]["binary"]]
         if other and self.fp_optimizer is None:
             raise ValueError(f"Bop got non-binary parameters ({', '.join(repr(p[0]) for p in other)}) "
                              "and no fp_optimizer to update them")
+        if self.fp_optimizer is not None:
+            # first: it checks its own state against the params and may raise; Bop's flips
+            # below cannot fail, so a failed step changes nothing
+            self.fp_optimizer.step_params(other)
         self.t += 1
         for name, param, grad, info in binary:
             self._flip(name, param, grad)
-        if self.fp_optimizer is not None:
-            self.fp_optimizer._step_params(other)
 
     def _flip(self, name, param, grad):
         if name not in self.state["m"]:
             param[...] = np.where(param >= 0, 1.0, -1.0).astype(param.dtype)
         m = self._slot("m", name, param)
-        m *= 1.0 - self.gamma
-        m += self.gamma * grad
-        flip = (param * m) > self.threshold          # |m| > tau and sign(m) == sign(w), w = +-1
-        np.negative(param, out=param, where=flip)
+        rule = self._pick("bop_update", bop_update, param, grad, m)
+        rule(param, grad, m, self.gamma, self.threshold)
+
+    def _owns(self, info):
+        return bool(info.get("binary", False))
+
+    def _required_scalars(self):
+        return ("t", *self.hyper)                 # lr lives in the float optimizer
 
     def state_dict(self):
         """Bop's entries plus the float optimizer's under ``"fp/"`` (``"fp/lr"``, ``"fp/m/..."``)."""
@@ -658,16 +951,30 @@ class Bop(Optimizer):
                 d[f"fp/{k}"] = v
         return d
 
-    def load_state_dict(self, state):
-        state = dict(state)
-        fp = {k[3:]: v for k, v in state.items() if k.startswith("fp/")}
-        own = {k: v for k, v in state.items() if not k.startswith("fp/")}
+    def load_state_dict(self, state, params=None):
+        """Restore Bop's entries and, from the ``"fp/"`` ones, its float optimizer's.
+
+        Checked as :meth:`Optimizer.load_state_dict` (binary params against Bop's state,
+        the others against the float optimizer's); on error nothing changes.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping (a Bop.state_dict()), got {type(state).__name__}")
+        fp = {k[3:]: v for k, v in state.items() if isinstance(k, str) and k.startswith("fp/")}
+        own = {k: v for k, v in state.items() if not (isinstance(k, str) and k.startswith("fp/"))}
+        own.pop("lr", None)                      # lr lives in the float optimizer
         if fp and self.fp_optimizer is None:
             raise ValueError("state dict has fp_optimizer entries ('fp/...') but this Bop has no fp_optimizer")
-        own.pop("lr", None)                      # lr lives in the float optimizer
-        super().load_state_dict(own)
-        if fp:
-            self.fp_optimizer.load_state_dict(fp)
+        if self.fp_optimizer is not None and not fp:
+            raise ValueError(f"state dict has no 'fp/...' entries, but this Bop has an fp_optimizer "
+                             f"({type(self.fp_optimizer).__name__}) whose state they would restore")
+        if params is None and (self._model is not None or self._fixed is not None):
+            params = self._raw_params()
+        new = self._parse_state(own, params)     # check Bop's part first ...
+        if self.fp_optimizer is not None:        # ... then the float optimizer loads (or raises)
+            other = None if params is None else [p for p in params
+                                                 if not bool(dict(p[3] or {}).get("binary", False))]
+            self.fp_optimizer.load_state_dict(fp, params=other)
+        self._apply_state(new)                   # cannot fail
 
     def __repr__(self):
         return (f"Bop(threshold={self.threshold!r}, gamma={self.gamma!r}, "

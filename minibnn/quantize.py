@@ -31,17 +31,10 @@ AdaMax, AP2).
 import numpy as np
 
 from . import kernels
+from .checks import real_array
 
 __all__ = ["sign", "ste_sign_forward", "ste_sign_backward", "ste_mask", "hard_sigmoid",
            "stochastic_sign", "ap2"]
-
-
-def _real(x, name="x"):
-    x = np.asarray(x)
-    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating)
-                                   or np.issubdtype(x.dtype, np.integer)):
-        raise TypeError(f"{name} must be a real array, got dtype {x.dtype}")
-    return x
 
 
 def sign(x):
@@ -64,9 +57,9 @@ def sign(x):
 
     References: Hubara et al. 2016, Sec. 1.1, Eq. 1.
     """
-    # one parallel pass with the NaN check folded in (weights of 16M entries are signed
-    # on every training step)
-    return kernels.sign_f32(_real(x))
+    # Numba kernels (weights of 16M entries are signed on every training step): one
+    # parallel pass for the NaN check, then one for the signs
+    return kernels.sign_f32(real_array(x))
 
 
 def ste_mask(x):
@@ -130,7 +123,7 @@ def hard_sigmoid(x):
 
     References: Hubara et al. 2016, Sec. 1.1, Eq. 3.
     """
-    x = _real(x)
+    x = real_array(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
     return np.clip((x + 1) * x.dtype.type(0.5), 0, 1)
@@ -158,7 +151,7 @@ def stochastic_sign(x, rng):
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"stochastic_sign needs a numpy.random.Generator, got {type(rng).__name__}")
-    x = _real(x)
+    x = real_array(x)
     if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
         raise ValueError("stochastic_sign: input contains NaN, which has no sign")
     p = hard_sigmoid(x)
@@ -172,28 +165,36 @@ def ap2(x):
     Forward rule: the power of two nearest to ``|x|`` in the log domain, with x's sign
     (here sign is the ordinary one: ``ap2(-0.0) = ap2(0) = 0``).  Multiplying by it is a
     bit shift in fixed-point hardware, which is the point of shift-based BN and AdaMax.
-    ``round`` is NumPy's round-half-to-even on ``log2|x|``.
+    ``round`` never meets a tie: ``log2|x| = k + 1/2`` needs ``|x| = 2**k * sqrt(2)``,
+    which no float is, so the result is the exact nearest power, computed with
+    ``frexp`` (no floating-point log2 whose rounding could land on the wrong side).
+    Non-finite values pass through, as the formula gives them: ``ap2(+-inf) = +-inf``
+    and ``ap2(NaN) = NaN`` -- a diverged statistic or moment stays visible to the
+    callers' NaN checks instead of becoming a harmless-looking 0.  The largest floats
+    round up to ``2**(max exponent + 1)``, which overflows to inf.
     Pseudo-gradient: identity (straight-through) -- see
     :func:`minibnn.functional.shift_batchnorm_backward`.
 
     Parameters
     ----------
-    x : (...) real array.  inf stays inf; NaN stays NaN.
+    x : (...) real array.
 
     Returns
     -------
     (...) float with x's float dtype (integers give float64).
 
     References: Hubara et al. 2016, Sec. 1.4, Alg. 3 (shift-based BN) and Sec. 1.5, Alg. 4
-    (shift-based AdaMax).
+    (shift-based AdaMax); Courbariaux's BinaryNet code (``AP2``).
     """
-    x = _real(x)
+    x = real_array(x)
     if not np.issubdtype(x.dtype, np.floating):
         x = x.astype(np.float64)
-    # exact: |x| = f * 2**e with f in [0.5, 1); round(log2|x|) is e when f >= sqrt(1/2),
-    # else e - 1 -- no floating-point log2 whose rounding could land on the wrong side
+    # |x| = f * 2**e with f in [0.5, 1); round(log2|x|) is e when f >= sqrt(1/2), else
+    # e - 1 (float64(sqrt(1/2)) lies above the true value, and no f falls in between)
     f, e = np.frexp(np.abs(x))
     e = e - (f < np.sqrt(0.5))
-    ok = (x != 0) & np.isfinite(x)
-    mag = np.ldexp(np.ones_like(x), np.where(ok, e, 0))
-    return np.where(ok, np.copysign(mag, x), np.zeros_like(x)).astype(x.dtype, copy=False)
+    with np.errstate(over="ignore"):
+        mag = np.ldexp(np.ones_like(x), e)
+    out = np.copysign(mag, x)
+    out = np.where(x == 0, np.zeros_like(x), out)          # frexp(0) = (0, 0)
+    return np.where(np.isfinite(x), out, x).astype(x.dtype, copy=False)

@@ -14,22 +14,40 @@ Hubara et al., "Binarized Neural Networks", NIPS 2016, Sec. 4 and the authors' c
 epoch).
 """
 
-import math
+import numbers
+from collections.abc import Mapping
 
-__all__ = ["Schedule", "exponential_decay", "step_decay", "constant", "from_dict"]
+from .checks import check_int, check_real_scalar
+
+__all__ = ["Schedule", "exponential_decay", "step_decay", "constant", "from_dict",
+           "PAPER_RECIPES", "paper_schedule"]
+
+#: The paper's learning-rate schedules, ``dataset -> (lr_start, lr_end, epochs)``: the
+#: ``LR_start``, ``LR_fin`` and ``num_epochs`` of BinaryNet's ``Train-time/mnist.py``,
+#: ``cifar10.py`` and ``svhn.py`` (Adam, ``LR *= LR_decay`` after each epoch).
+PAPER_RECIPES = {
+    "mnist": (3e-3, 3e-7, 1000),
+    "cifar10": (1e-3, 3e-7, 500),
+    "svhn": (1e-3, 1e-6, 200),
+}
 
 
 def _positive(name, value):
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return value
+    return check_real_scalar(value, name, lo=0.0, lo_open=True)
+
+
+def _count(value, name, minimum):
+    """``int(value)`` for an integer (an integral float is accepted) >= ``minimum``."""
+    if (isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)
+            and not isinstance(value, bool)):
+        if not float(value).is_integer():
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        value = int(value)
+    return check_int(value, name, minimum=minimum)
 
 
 def _epoch(epoch):
-    if isinstance(epoch, bool) or int(epoch) != epoch or epoch < 0:
-        raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-    return int(epoch)
+    return _count(epoch, "epoch", 0)
 
 
 class Schedule:
@@ -71,9 +89,7 @@ class ExponentialDecay(Schedule):
     def __init__(self, lr_start, lr_end, epochs):
         self.lr_start = _positive("lr_start", lr_start)
         self.lr_end = _positive("lr_end", lr_end)
-        if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 1:
-            raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-        self.epochs = int(epochs)
+        self.epochs = _count(epochs, "epochs", 1)
         self.lr_decay = (self.lr_end / self.lr_start) ** (1.0 / self.epochs)
 
     def __call__(self, epoch):
@@ -95,9 +111,7 @@ class StepDecay(Schedule):
     def __init__(self, lr_start, factor, every):
         self.lr_start = _positive("lr_start", lr_start)
         self.factor = _positive("factor", factor)
-        if isinstance(every, bool) or int(every) != every or every < 1:
-            raise ValueError(f"every must be an integer >= 1, got {every!r}")
-        self.every = int(every)
+        self.every = _count(every, "every", 1)
 
     def __call__(self, epoch):
         return self.lr_start * self.factor ** (_epoch(epoch) // self.every)
@@ -110,10 +124,7 @@ class Constant(Schedule):
     _fields = ("lr",)
 
     def __init__(self, lr):
-        lr = float(lr)
-        if not (math.isfinite(lr) and lr >= 0):
-            raise ValueError(f"lr must be a finite number >= 0, got {lr}")
-        self.lr = lr
+        self.lr = check_real_scalar(lr, "lr", lo=0.0)
 
     def __call__(self, epoch):
         _epoch(epoch)
@@ -124,8 +135,9 @@ def exponential_decay(lr_start, lr_end, epochs):
     """Exponential decay from ``lr_start`` (epoch 0) to ``lr_end`` (epoch ``epochs``).
 
     ``lr(e) = lr_start * lr_decay ** e``, ``lr_decay = (lr_end / lr_start) ** (1 / epochs)``
-    -- the paper's ``LR_decay`` per epoch.  E.g. MNIST: ``exponential_decay(3e-3, 3e-7,
-    1000)``; CIFAR-10 / SVHN: ``exponential_decay(1e-3, 1e-6, 500 / 200)``.
+    -- the paper's ``LR_decay`` per epoch.  The paper's recipes (:data:`PAPER_RECIPES`,
+    :func:`paper_schedule`): MNIST ``exponential_decay(0.003, 3e-07, 1000)``, CIFAR-10
+    ``exponential_decay(0.001, 3e-07, 500)``, SVHN ``exponential_decay(0.001, 1e-06, 200)``.
 
     Returns
     -------
@@ -145,15 +157,37 @@ def constant(lr):
     return Constant(lr)
 
 
+def paper_schedule(dataset):
+    """The paper's exponential decay for ``dataset`` ("mnist", "cifar10" or "svhn").
+
+    References: BinaryNet's ``Train-time/{mnist,cifar10,svhn}.py`` (:data:`PAPER_RECIPES`).
+    """
+    if dataset not in PAPER_RECIPES:
+        raise ValueError(f"dataset must be one of {', '.join(PAPER_RECIPES)}; got {dataset!r}")
+    return ExponentialDecay(*PAPER_RECIPES[dataset])
+
+
 _REGISTRY = {"exponential_decay": ExponentialDecay, "step_decay": StepDecay, "constant": Constant}
+#: keys that to_dict() writes but the constructor does not take (recomputed, not read)
+_DERIVED = {"exponential_decay": ("lr_decay",)}
 
 
 def from_dict(d):
     """Rebuild a schedule from its :meth:`Schedule.to_dict` (derived keys such as
-    ``lr_decay`` are recomputed, not read)."""
+    ``lr_decay`` are recomputed, not read).  A missing or unknown key is a ValueError
+    naming it."""
+    if not isinstance(d, Mapping):
+        raise TypeError(f"a schedule must be given as a dict (Schedule.to_dict()), got {type(d).__name__}")
     d = dict(d)
     name = d.pop("name", None)
     if name not in _REGISTRY:
         raise ValueError(f"unknown schedule {name!r} (known: {', '.join(sorted(_REGISTRY))})")
     cls = _REGISTRY[name]
+    missing = [f for f in cls._fields if f not in d]
+    if missing:
+        raise ValueError(f"schedule {name!r} needs {', '.join(map(repr, missing))} "
+                         f"(its fields: {', '.join(cls._fields)})")
+    unknown = sorted(set(d) - set(cls._fields) - set(_DERIVED.get(name, ())))
+    if unknown:
+        raise ValueError(f"schedule {name!r} has unknown keys {unknown} (its fields: {', '.join(cls._fields)})")
     return cls(**{f: d[f] for f in cls._fields})

@@ -54,3 +54,26 @@ class EpochStats:
         if self.batches and self.cancel_sum:
             out["ste_cancel"] = {k: v / self.batches for k, v in self.cancel_sum.items()}
         return out
+
+    # -- a checkpoint of a partly done epoch (resume gives the same row) ------
+    def state_dict(self):
+        """``(arrays, scalars)``: ``arrays`` name -> bool array (the signs at the epoch's
+        start, ``"start_signs/<param>"``), ``scalars`` a JSON-able dict (``batches``,
+        ``cancel_sum``; floats round-trip exactly through JSON)."""
+        arrays = {f"start_signs/{k}": v.copy() for k, v in self.start_signs.items()}
+        return arrays, {"batches": int(self.batches), "cancel_sum": dict(self.cancel_sum)}
+
+    def load_state_dict(self, arrays, scalars):
+        """Restore from :meth:`state_dict` output; ``ValueError`` if a sign array's shape
+        differs from the one this tracker holds (built for the same model)."""
+        signs = {k[len("start_signs/"):]: np.asarray(v, dtype=bool)
+                 for k, v in arrays.items() if k.startswith("start_signs/")}
+        for k, v in signs.items():
+            if k not in self.start_signs or self.start_signs[k].shape != v.shape:
+                raise ValueError(f"epoch statistics: start signs {k!r} do not match the model")
+        missing = sorted(set(self.start_signs) - set(signs))
+        if missing:
+            raise ValueError(f"epoch statistics: no start signs for {missing}")
+        self.start_signs = signs
+        self.batches = int(scalars["batches"])
+        self.cancel_sum = {str(k): float(v) for k, v in scalars["cancel_sum"].items()}

@@ -1,6 +1,6 @@
 """The training loop: epochs of shuffled mini-batches, evaluation, checkpoints, resume.
 
-A run directory holds:
+A run directory (:class:`minibnn.rundir.RunDir`) holds:
 
 * ``config.json`` -- the :class:`TrainConfig` of the run;
 * ``metrics.jsonl`` -- one JSON line per epoch (epoch, lr, train loss/error, validation
@@ -8,21 +8,29 @@ A run directory holds:
 * ``best.npz`` -- the model (``Sequential.save`` format) of the epoch with the lowest
   validation error (the paper's selection rule);
 * ``last.npz`` -- a resumable checkpoint: model, optimizer state, the data order of the
-  current epoch, every random generator's state and the position inside the epoch;
+  current epoch, the epoch's accumulators so far (loss sum, error count, statistics),
+  every random generator's state and the position inside the epoch;
 * ``summary.json`` -- best validation error, the test error at that epoch, total time.
 
-Resuming (``resume=True``) continues from ``last.npz``; because data order and random
-state are part of the checkpoint, an interrupted-and-resumed run ends with weights
-identical, bit for bit, to an uninterrupted one.  Ctrl-C (SIGINT) is caught between two
-mini-batches: the loop writes ``last.npz`` at that point and returns cleanly.
+Resuming (``resume=True``) continues from ``last.npz``; because data order, random state
+and the partial epoch's accumulators are part of the checkpoint, an interrupted-and-
+resumed run ends with weights identical, bit for bit, and ``metrics.jsonl`` rows equal
+(wall-clock fields aside) to an uninterrupted one -- also after ``kill -9``, see
+:mod:`minibnn.rundir`.  Ctrl-C (SIGINT) is caught between two mini-batches: the loop
+writes ``last.npz`` at that point and returns cleanly.
+
+Resume uses the settings stored in ``last.npz``; asking for different ones is refused
+with the list of differences, except ``data_dir`` and ``backend`` (where the data and
+the kernels are, not what is trained).  ``extend_epochs=N`` continues a run (finished
+or not) for ``N`` more epochs than it planned; the learning-rate schedule keeps its
+original horizon (``schedule_epochs``), so exponential decay continues at the same
+factor per epoch, below ``lr_end``.
 
 The last incomplete mini-batch of an epoch is dropped, as in the paper's code.
 """
 
 import dataclasses
-import json
 import math
-import os
 import signal
 import sys
 import time
@@ -30,19 +38,17 @@ from typing import Optional
 
 import numpy as np
 
-from . import stats
-from .checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
-
-DEFAULT_ARCH = {"mnist": "mnist_mlp", "sample": "mnist_mlp", "cifar10": "cifar10_convnet",
-                "svhn": "svhn_convnet"}
+from . import registry, stats
+from .checks import check_choice, check_int, check_real_scalar
+from .rundir import RunDir, kill_point
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Everything that defines a run (written to ``config.json``)."""
 
-    dataset: str = "mnist"
-    arch: Optional[str] = None          # default: DEFAULT_ARCH[dataset]
+    dataset: str = "mnist"              # a registry.datasets() name or "npz:PATH"
+    arch: Optional[str] = None          # default: registry.default_arch(dataset)
     hidden: int = 4096                  # MLP width
     depth: int = 3                      # MLP hidden layers
     width: float = 1.0                  # ConvNet channel multiplier
@@ -50,20 +56,63 @@ class TrainConfig:
     batch_size: int = 100
     lr_start: float = 3e-3
     lr_end: float = 3e-7
-    schedule: str = "exponential"       # or "constant"
-    optimizer: str = "adam"             # adam, adamax, shift-adamax, bop, sgd
-    bn: str = "standard"                # or "shift"
-    loss: str = "squared_hinge"         # or "cross_entropy"
+    schedule: str = "exponential"       # registry.SCHEDULES
+    optimizer: str = "adam"             # registry.OPTIMIZERS
+    bn: str = "standard"                # registry.BN_KINDS
+    loss: str = "squared_hinge"         # registry.LOSSES
     dropout_in: float = 0.0
     dropout_hidden: float = 0.0
     seed: int = 0
-    backend: str = "cpu"
+    backend: str = "cpu"                # registry.backends()
     limit_train: Optional[int] = None
     data_dir: Optional[str] = None
     eval_batch_size: int = 1000
+    schedule_epochs: Optional[int] = None  # the LR schedule's horizon (default: epochs)
+    stochastic_weights: bool = False    # stochastic binarization of the weights
 
-    def resolved_arch(self):
-        return self.arch or DEFAULT_ARCH[self.dataset]
+    #: settings a resume may change: where the data and the kernels are, not what is trained
+    RESUME_MAY_CHANGE = ("data_dir", "backend")
+
+    def resolved_arch(self, input_shape=None):
+        return self.arch or registry.default_arch(self.dataset, input_shape)
+
+    def validated(self):
+        """``self`` after checking every field; ``ValueError``/``TypeError`` naming it."""
+        datasets = registry.datasets()
+        if not isinstance(self.dataset, str) or not (
+                self.dataset in datasets or self.dataset.startswith(registry.NPZ_PREFIX)):
+            raise ValueError(f"dataset must be one of {', '.join(datasets)} or "
+                             f"{registry.NPZ_PREFIX}PATH; got {self.dataset!r}")
+        if self.arch is not None:
+            check_choice(self.arch, "arch", registry.architectures())
+        check_int(self.hidden, "hidden", minimum=1)
+        check_int(self.depth, "depth", minimum=1)
+        check_real_scalar(self.width, "width", lo=0.0, lo_open=True)
+        check_int(self.epochs, "epochs", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_real_scalar(self.lr_start, "lr_start", lo=0.0, lo_open=True)
+        check_real_scalar(self.lr_end, "lr_end", lo=0.0, lo_open=True)
+        check_choice(self.schedule, "schedule", list(registry.SCHEDULES))
+        check_choice(self.optimizer, "optimizer", list(registry.OPTIMIZERS))
+        check_choice(self.bn, "bn", registry.BN_KINDS)
+        check_choice(self.loss, "loss", list(registry.LOSSES))
+        check_real_scalar(self.dropout_in, "dropout_in", lo=0.0, hi=1.0, hi_open=True)
+        check_real_scalar(self.dropout_hidden, "dropout_hidden", lo=0.0, hi=1.0, hi_open=True)
+        check_int(self.seed, "seed", minimum=0)
+        check_choice(self.backend, "backend", registry.backends())
+        if self.limit_train is not None:
+            check_int(self.limit_train, "limit_train", minimum=1)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise TypeError(f"data_dir must be a str path, got {type(self.data_dir).__name__}")
+        check_int(self.eval_batch_size, "eval_batch_size", minimum=1)
+        if self.schedule_epochs is not None:
+            check_int(self.schedule_epochs, "schedule_epochs", minimum=1)
+        if not isinstance(self.stochastic_weights, bool):
+            raise TypeError(f"stochastic_weights must be True or False, got {self.stochastic_weights!r}")
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d):
@@ -72,57 +121,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return cls(**d)
-
-
-def build_model(config, input_shape):
-    """The model of ``config`` for inputs of ``input_shape`` (C, H, W)."""
-    from . import zoo
-
-    arch = config.resolved_arch()
-    if arch == "mnist_mlp":
-        return zoo.build(arch, hidden=config.hidden, depth=config.depth,
-                         in_features=int(np.prod(input_shape)), dropout_in=config.dropout_in,
-                         dropout_hidden=config.dropout_hidden, bn=config.bn,
-                         backend=config.backend, seed=config.seed)
-    return zoo.build(arch, width=config.width, bn=config.bn, backend=config.backend,
-                     seed=config.seed, in_channels=input_shape[0])
-
-
-def build_optimizer(config, model):
-    from . import optim
-
-    name = config.optimizer
-    if name == "adam":
-        return optim.Adam(model, lr=config.lr_start)
-    if name == "adamax":
-        return optim.AdaMax(model, lr=config.lr_start)
-    if name == "shift-adamax":
-        return optim.ShiftAdaMax(model, lr=config.lr_start)
-    if name == "sgd":
-        return optim.SGD(model, lr=config.lr_start, momentum=0.9)
-    if name == "bop":
-        return optim.Bop(model, fp_optimizer=optim.Adam(model, lr=config.lr_start))
-    raise ValueError(f"unknown optimizer {name!r} (adam, adamax, shift-adamax, sgd, bop)")
-
-
-def build_schedule(config):
-    from . import schedules
-
-    if config.schedule == "exponential":
-        return schedules.exponential_decay(config.lr_start, config.lr_end, config.epochs)
-    if config.schedule == "constant":
-        return schedules.constant(config.lr_start)
-    raise ValueError(f"unknown schedule {config.schedule!r}")
-
-
-def loss_function(name):
-    from . import losses
-
-    if name == "squared_hinge":
-        return lambda scores, y: losses.squared_hinge(scores, y, scores.shape[1])
-    if name == "cross_entropy":
-        return losses.softmax_cross_entropy
-    raise ValueError(f"unknown loss {name!r}")
 
 
 def evaluate(model, x, y, batch_size=1000):
@@ -220,141 +218,336 @@ class _InterruptFlag:
 
 
 # ---------------------------------------------------------------------------
-# the loop
+# resume: which settings
 # ---------------------------------------------------------------------------
 
-def train(config, out_dir, resume=False, dataset=None, progress=True, log=print,
-          stop_after_batches=None):
-    """Train ``config`` into ``out_dir``; returns the summary dict.
+def resume_config(stored, requested=None, extend_epochs=None, source="last.npz"):
+    """The config a resumed run uses: ``stored`` (a dict from the checkpoint), with
+    ``requested`` checked against it.
 
-    ``dataset``: an already loaded :class:`minibnn.data.Dataset` (else loaded from
-    ``config``).  ``stop_after_batches``: stop (as Ctrl-C would) after that many
-    mini-batches of this call -- used by the tests to simulate a crash.
+    ``requested``: ``None`` (use the stored settings), a :class:`TrainConfig` (every field
+    compared) or a mapping field -> value (only those compared; the command line passes
+    the flags that were given).  A difference outside ``RESUME_MAY_CHANGE`` raises
+    ``ValueError`` listing every one.  ``extend_epochs=N``: ``epochs`` becomes the stored
+    plan + N (``requested`` epochs are not compared) and ``schedule_epochs`` keeps the
+    original horizon.
     """
+    try:
+        config = TrainConfig.from_dict(stored).validated()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: the stored configuration is not valid ({exc})") from None
+    if requested is None:
+        asked = {}
+    elif isinstance(requested, TrainConfig):
+        asked = dataclasses.asdict(requested)
+        asked.pop("schedule_epochs")  # internal: set by extend_epochs, not asked for
+    else:
+        asked = dict(requested)
+        unknown = set(asked) - set(dataclasses.asdict(config))
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+    if extend_epochs is not None:
+        asked.pop("epochs", None)
+    changes = {k: v for k, v in asked.items() if getattr(config, k) != v}
+    refused = {k: v for k, v in changes.items() if k not in TrainConfig.RESUME_MAY_CHANGE}
+    if refused:
+        diff = "; ".join(f"{k} {v!r} (stored: {getattr(config, k)!r})" for k, v in refused.items())
+        raise ValueError(f"{source} was written with other settings: {diff}. Resume with the "
+                         "stored settings (leave these out), start a new run in another "
+                         "directory, or continue for more epochs with extend_epochs / "
+                         "--extend-epochs N")
+    config = dataclasses.replace(config, **changes)
+    if extend_epochs is not None:
+        n = check_int(extend_epochs, "extend_epochs", minimum=1)
+        config = dataclasses.replace(config, epochs=config.epochs + n,
+                                     schedule_epochs=config.schedule_epochs or config.epochs)
+    return config.validated(), changes
+
+
+# ---------------------------------------------------------------------------
+# one epoch
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class EpochState:
+    """Where a run is inside epoch ``epoch`` (0-based) and what it has summed so far."""
+
+    epoch: int
+    perm: np.ndarray                     # (N,) int data order of the epoch
+    tracker: stats.EpochStats
+    batch: int = 0                       # mini-batches done
+    loss_sum: float = 0.0                # sum of loss * batch size
+    wrong: int = 0
+    seen: int = 0
+    seconds: float = 0.0                 # wall time spent in the epoch before this call
+
+    def to_checkpoint(self):
+        """``(run_state arrays, JSON-able dict)`` for ``last.npz``."""
+        arrays, tracker = self.tracker.state_dict()
+        arrays = {f"stats/{k}": v for k, v in arrays.items()}
+        arrays["perm"] = self.perm
+        return arrays, dict(loss_sum=self.loss_sum, wrong=self.wrong, seen=self.seen,
+                            seconds=self.seconds, stats=tracker)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, model, n):
+        acc = ckpt.meta.get("epoch_acc")
+        tracker = stats.EpochStats(model)
+        state = cls(epoch=ckpt.epoch, perm=ckpt.check_perm(n), tracker=tracker, batch=ckpt.batch)
+        if acc is None:   # a version-1 checkpoint: the epoch's row counts from here
+            return state
+        try:
+            tracker.load_state_dict({k[len("stats/"):]: v for k, v in ckpt.run_state.items()
+                                     if k.startswith("stats/")}, acc["stats"])
+            state.loss_sum, state.wrong = float(acc["loss_sum"]), int(acc["wrong"])
+            state.seen, state.seconds = int(acc["seen"]), float(acc["seconds"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{ckpt.path}: the partial epoch's accumulators are not valid "
+                             f"({type(exc).__name__}: {exc})") from None
+        return state
+
+
+def run_epoch(session, state, should_stop):
+    """Train from ``state.batch`` to the end of the epoch or until ``should_stop()``
+    (checked after each mini-batch); updates ``state`` in place and returns it."""
+    model, opt, cfg = session.model, session.opt, session.config
+    x_train, y_train = session.x_train, session.y_train
+    bs, n_batches = cfg.batch_size, session.n_batches
+    t0 = time.time()
+    while state.batch < n_batches:
+        idx = state.perm[state.batch * bs:(state.batch + 1) * bs]
+        xb, yb = x_train[idx], y_train[idx]
+        scores = model.forward(xb, training=True)
+        loss, grad = session.loss_fn(scores, yb)
+        model.backward(grad)
+        opt.step()
+        state.tracker.after_batch(model)
+        state.loss_sum += float(loss) * len(yb)
+        state.wrong += int(np.sum(np.argmax(scores, axis=1) != yb))
+        state.seen += len(yb)
+        state.batch += 1
+        kill_point("batch")
+        session.bar.update(state.epoch + 1, cfg.epochs, state.batch, n_batches,
+                           state.seen / max(1e-9, state.seconds + time.time() - t0),
+                           state.loss_sum / state.seen, state.wrong / state.seen)
+        if should_stop():
+            break
+    state.seconds += time.time() - t0
+    session.bar.end_epoch()
+    return state
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+def _better(val_err, best):
+    if best["epoch"] < 0:
+        return True
+    b = best["val_error"]
+    return val_err < (math.nan if b is None else b)
+
+
+class _Session:
+    """What one call of :func:`train` works with."""
+
+    def __init__(self, config, dataset, progress):
+        self.config = config
+        self.x_train, self.y_train = dataset.x_train, dataset.y_train
+        self.x_val, self.y_val = dataset.x_val, dataset.y_val
+        self.x_test, self.y_test = dataset.x_test, dataset.y_test
+        self.model = registry.make_model(config, self.x_train.shape[1:])
+        self.opt = registry.make_optimizer(config, self.model)
+        self.schedule = registry.make_schedule(config)
+        self.loss_fn = registry.make_loss(config.loss)
+        self.data_rng = np.random.default_rng(config.seed)
+        self.n = len(self.x_train)
+        self.n_batches = self.n // config.batch_size
+        if self.n_batches == 0:
+            raise ValueError(f"batch size {config.batch_size} is larger than the training set "
+                             f"({self.n} images)")
+        self.bar = Progress(enabled=progress)
+
+    def restore(self, ckpt):
+        """Load model, optimizer and random state from ``ckpt``; errors name its file."""
+        try:
+            self.model.load_state_dict(ckpt.model_state, source=f"{ckpt.path}: model")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        self._check_optimizer_state(ckpt)
+        try:
+            self.opt.load_state_dict(ckpt.optim_state)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ValueError(f"{ckpt.path}: optimizer state: {exc}") from None
+        try:
+            _restore_rng_states(self.model, self.data_rng, ckpt.meta["rng"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{ckpt.path}: random generator state is not valid "
+                             f"({type(exc).__name__}: {exc})") from None
+
+    def _check_optimizer_state(self, ckpt):
+        """Per-parameter optimizer arrays (``"<slot>/<param>"``, Bop's ``"fp/..."``) must
+        have the parameter's shape, and an optimizer that took a step must hold its
+        moments; errors name the file (the optimizer's own ``load_state_dict`` checks
+        the rest)."""
+        params = {name: p.shape for name, p, _g, _i in self.model.parameters()}
+        state = ckpt.optim_state
+        for key, arr in state.items():
+            name = key.rpartition("/")[2]
+            if "/" in key and name in params and arr.shape != params[name]:
+                raise ValueError(f"{ckpt.path}: optimizer state optim/{key} has shape "
+                                 f"{arr.shape}, parameter {name!r} has shape {params[name]}")
+        optimizers = [("", self.opt)]
+        if getattr(self.opt, "fp_optimizer", None) is not None:
+            optimizers.append(("fp/", self.opt.fp_optimizer))
+        for prefix, opt in optimizers:
+            t = state.get(prefix + "t")
+            steps = int(np.asarray(t)) if t is not None and np.asarray(t).size == 1 else 0
+            for slot in getattr(opt, "slots", ()):
+                if steps > 0 and not any(k.startswith(f"{prefix}{slot}/") for k in state):
+                    raise ValueError(f"{ckpt.path}: optimizer state lacks the {slot!r} moments "
+                                     f"(optim/{prefix}{slot}/*) after {steps} steps")
+
+    def checkpoint(self, run, state, best, elapsed, epoch_state=None):
+        """Write ``last.npz``: the run stands at ``state`` (epoch, batch) with ``best``."""
+        epoch, batch = state
+        run_state, meta = {}, dict(config=dataclasses.asdict(self.config), epoch=epoch,
+                                   batch=batch, rng=_rng_states(self.model, self.data_rng),
+                                   best=best, elapsed=elapsed)
+        if epoch_state is not None:
+            run_state, meta["epoch_acc"] = epoch_state.to_checkpoint()
+        run.save_last(self.model.state_dict(), self.opt.state_dict(), meta, run_state)
+
+
+def _load_data(config, download):
     from .data import load_dataset
 
-    os.makedirs(out_dir, exist_ok=True)
-    last_path = os.path.join(out_dir, "last.npz")
-    best_path = os.path.join(out_dir, "best.npz")
-    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    kw = dict(data_dir=config.data_dir, limit_train=config.limit_train)
+    if registry.accepts(load_dataset, "download"):
+        kw["download"] = download
+    return load_dataset(config.dataset, **kw)
 
+
+def _open_run(out_dir, config, resume, extend_epochs, log):
+    """``(RunDir, config, Checkpoint or None)``, the directory created and config.json
+    written; every check that can refuse the run comes before anything is written."""
+    from .kernels import get_backend
+
+    run, ckpt = RunDir(out_dir), None
     if resume:
-        if not os.path.exists(last_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}")
-        model_state, optim_state, meta = load_checkpoint(last_path)
-        saved = TrainConfig.from_dict(meta["config"])
-        if dataclasses.asdict(saved) != dataclasses.asdict(config):
-            log("resume: using the configuration stored in last.npz")
-        config = saved
-    atomic_write_text(os.path.join(out_dir, "config.json"),
-                      json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-
-    if dataset is None:
-        dataset = load_dataset(config.dataset, data_dir=config.data_dir, limit_train=config.limit_train)
-    x_train, y_train = dataset.x_train, dataset.y_train
-    model = build_model(config, x_train.shape[1:])
-    opt = build_optimizer(config, model)
-    schedule = build_schedule(config)
-    loss_fn = loss_function(config.loss)
-    data_rng = np.random.default_rng(config.seed)
-
-    start_epoch, start_batch, perm = 0, 0, None
-    best = {"val_error": math.inf, "test_error": math.nan, "epoch": -1}
-    elapsed_before = 0.0
-    if resume:
-        model.load_state_dict(model_state)
-        opt.load_state_dict({k: v for k, v in optim_state.items() if not k.startswith("_run/")})
-        _restore_rng_states(model, data_rng, meta["rng"])
-        start_epoch, start_batch = meta["epoch"], meta["batch"]
-        if start_batch:
-            perm = optim_state["_run/perm"]
-        best = meta["best"]
-        elapsed_before = meta["elapsed"]
-        log(f"resumed from {last_path}: epoch {start_epoch}, batch {start_batch}")
+        ckpt = run.load_last()
+        config, changes = resume_config(ckpt.meta["config"], config, extend_epochs,
+                                        source=ckpt.path)
+        for k, v in changes.items():
+            log(f"resume: {k} {v!r} for this session (stored: {ckpt.meta['config'][k]!r})")
     else:
-        # a fresh run starts a fresh metrics file
-        atomic_write_text(metrics_path, "")
+        if extend_epochs is not None:
+            raise ValueError("extend_epochs continues a stored run: it needs resume=True")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        config.validated()
+    get_backend(config.backend)  # an unavailable backend fails here, before any file is made
+    run.create()
+    run.write_config(dataclasses.asdict(config))
+    return run, config, ckpt
 
-    n = len(x_train)
-    bs = config.batch_size
-    n_batches = n // bs
-    if n_batches == 0:
-        raise ValueError(f"batch size {bs} is larger than the training set ({n} images)")
-    bar = Progress(enabled=progress)
+
+class _Stopper:
+    """Stop between mini-batches on Ctrl-C, or after ``limit`` mini-batches (tests)."""
+
+    def __init__(self, flag, limit):
+        self.flag, self.limit, self.batches = flag, limit, 0
+
+    @property
+    def requested(self):
+        return self.flag.set or (self.limit is not None and self.batches >= self.limit)
+
+    def after_batch(self):
+        self.batches += 1
+        return self.requested
+
+
+def train(config, out_dir, resume=False, dataset=None, progress=True, log=print,
+          stop_after_batches=None, extend_epochs=None, download=True):
+    """Train ``config`` into ``out_dir``; returns the summary dict.
+
+    ``config``: a :class:`TrainConfig`; on resume it may also be ``None`` or a mapping of
+    the settings asked for (see :func:`resume_config`).  ``dataset``: an already loaded
+    :class:`minibnn.data.Dataset` (else loaded from ``config``; ``download=False``
+    forbids fetching a missing dataset).  ``stop_after_batches``: stop (as Ctrl-C would)
+    after that many mini-batches of this call -- used by the tests.  ``extend_epochs``:
+    with ``resume``, train N epochs past the stored plan.
+    """
+    run, config, ckpt = _open_run(out_dir, config, resume, extend_epochs, log)
+    s = _Session(config, dataset if dataset is not None else _load_data(config, download),
+                 progress)
+    best = {"val_error": math.inf, "test_error": math.nan, "epoch": -1}
+    elapsed_before, epoch, state = 0.0, 0, None
+    if ckpt is not None:
+        s.restore(ckpt)
+        epoch, best, elapsed_before = ckpt.epoch, ckpt.meta["best"], ckpt.meta["elapsed"]
+        if ckpt.batch:
+            state = EpochState.from_checkpoint(ckpt, s.model, s.n)
+        dropped = run.trim_metrics(epoch)
+        log(f"resumed from {run.last_path}: epoch {epoch}, batch {ckpt.batch}"
+            + (f" ({dropped} metrics row(s) past the checkpoint dropped)" if dropped else ""))
+    else:
+        run.start_metrics()
     t_start = time.time()
-    batches_this_call = 0
-    interrupted = False
 
-    def save_last(epoch, batch, perm_now):
-        optim_arrays = dict(opt.state_dict())
-        if batch:
-            optim_arrays["_run/perm"] = perm_now
-        meta_now = dict(config=dataclasses.asdict(config), epoch=epoch, batch=batch,
-                        rng=_rng_states(model, data_rng), best=best,
-                        elapsed=elapsed_before + time.time() - t_start)
-        save_checkpoint(last_path, model.state_dict(), optim_arrays, meta_now)
+    def elapsed():
+        return elapsed_before + time.time() - t_start
 
     with _InterruptFlag() as flag:
-        for epoch in range(start_epoch, config.epochs):
-            lr = float(schedule(epoch))
-            opt.lr = lr
-            if perm is None:
-                perm = data_rng.permutation(n)
-            tracker = stats.EpochStats(model)
-            t_epoch = time.time()
-            loss_sum, wrong, seen = 0.0, 0, 0
-            for b in range(start_batch, n_batches):
-                idx = perm[b * bs:(b + 1) * bs]
-                xb, yb = x_train[idx], y_train[idx]
-                scores = model.forward(xb, training=True)
-                loss, grad = loss_fn(scores, yb)
-                model.backward(grad)
-                opt.step()
-                tracker.after_batch(model)
-                loss_sum += float(loss) * len(yb)
-                wrong += int(np.sum(np.argmax(scores, axis=1) != yb))
-                seen += len(yb)
-                batches_this_call += 1
-                bar.update(epoch + 1, config.epochs, b + 1, n_batches,
-                           seen / max(1e-9, time.time() - t_epoch), loss_sum / seen, wrong / seen)
-                stop = stop_after_batches is not None and batches_this_call >= stop_after_batches
-                if (flag.set or stop) and b + 1 < n_batches:
-                    save_last(epoch, b + 1, perm)
-                    interrupted = True
-                    break
-                if flag.set or stop:
-                    interrupted = True  # finish the epoch's bookkeeping, then stop
-            if interrupted and b + 1 < n_batches:
-                bar.end_epoch()
-                log(f"stopped in epoch {epoch + 1} after batch {b + 1}; resume with --resume")
+        stop = _Stopper(flag, stop_after_batches)
+        while epoch < config.epochs:
+            lr = float(s.schedule(epoch))
+            s.opt.lr = lr
+            if state is None:
+                state = EpochState(epoch, s.data_rng.permutation(s.n), stats.EpochStats(s.model))
+            run_epoch(s, state, stop.after_batch)
+            if state.batch < s.n_batches:
+                s.checkpoint(run, (epoch, state.batch), best, elapsed(), state)
+                log(f"stopped in epoch {epoch + 1} after batch {state.batch}; resume with --resume")
                 break
-            bar.end_epoch()
-            start_batch = 0
-            perm = None
-            val_err = evaluate(model, dataset.x_val, dataset.y_val, config.eval_batch_size)
-            test_err = evaluate(model, dataset.x_test, dataset.y_test, config.eval_batch_size)
-            seconds = time.time() - t_epoch
-            row = dict(epoch=epoch + 1, lr=lr, train_loss=loss_sum / max(1, seen),
-                       train_error=wrong / max(1, seen), val_error=val_err, test_error=test_err,
-                       seconds=seconds, elapsed=elapsed_before + time.time() - t_start)
-            row.update(tracker.summary(model))
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            improved = best["epoch"] < 0 or val_err < best["val_error"]
-            if improved:
-                best = {"val_error": val_err, "test_error": test_err, "epoch": epoch + 1}
-                model.save(best_path)
-            log(f"epoch {epoch + 1:3d}/{config.epochs}  lr {lr:.2e}  loss {row['train_loss']:.4f}  "
-                f"train {100 * row['train_error']:5.2f}%  val {100 * val_err:5.2f}%  "
-                f"test {100 * test_err:5.2f}%  {seconds:6.1f}s" + ("  *" if improved else ""))
-            save_last(epoch + 1, 0, None)
-            if interrupted:
-                log(f"stopped after epoch {epoch + 1}; resume with --resume")
+            best = _end_epoch(s, run, state, lr, best, elapsed, log)
+            epoch, state = epoch + 1, None
+            s.checkpoint(run, (epoch, 0), best, elapsed())
+            if stop.requested and epoch < config.epochs:
+                log(f"stopped after epoch {epoch}; resume with --resume")
                 break
 
     summary = dict(best_epoch=best["epoch"], best_val_error=best["val_error"],
-                   test_error_at_best=best["test_error"],
-                   total_seconds=elapsed_before + time.time() - t_start,
-                   finished=not interrupted, epochs_planned=config.epochs)
-    atomic_write_text(os.path.join(out_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
+                   test_error_at_best=best["test_error"], total_seconds=elapsed(),
+                   finished=epoch >= config.epochs, epochs_planned=config.epochs)
+    run.write_summary(summary)
     return summary
+
+
+def _end_epoch(s, run, state, lr, best, elapsed, log):
+    """Evaluate, append the epoch's row, save ``best.npz`` if it improved; returns ``best``."""
+    row = _epoch_row(s, state, lr, elapsed)
+    run.append_metrics(row)
+    improved = _better(row["val_error"], best)
+    if improved:
+        best = {"val_error": row["val_error"], "test_error": row["test_error"],
+                "epoch": state.epoch + 1}
+        run.save_best(s.model)
+    log(f"epoch {state.epoch + 1:3d}/{s.config.epochs}  lr {lr:.2e}  "
+        f"loss {row['train_loss']:.4f}  train {100 * row['train_error']:5.2f}%  "
+        f"val {100 * row['val_error']:5.2f}%  test {100 * row['test_error']:5.2f}%  "
+        f"{row['seconds']:6.1f}s" + ("  *" if improved else ""))
+    return best
+
+
+def _epoch_row(s, state, lr, elapsed):
+    """The ``metrics.jsonl`` row of the finished epoch ``state``."""
+    cfg = s.config
+    t0 = time.time()
+    val_err = evaluate(s.model, s.x_val, s.y_val, cfg.eval_batch_size)
+    test_err = evaluate(s.model, s.x_test, s.y_test, cfg.eval_batch_size)
+    row = dict(epoch=state.epoch + 1, lr=lr, train_loss=state.loss_sum / max(1, state.seen),
+               train_error=state.wrong / max(1, state.seen), val_error=val_err,
+               test_error=test_err, seconds=state.seconds + time.time() - t0, elapsed=elapsed())
+    row.update(state.tracker.summary(s.model))
+    return row

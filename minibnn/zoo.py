@@ -32,6 +32,8 @@ import inspect
 
 import numpy as np
 
+from .checks import check_int, check_real_scalar
+
 __all__ = ["LayerSpec", "mnist_mlp_specs", "mnist_mlp", "cifar10_convnet_specs",
            "cifar10_convnet", "svhn_convnet_specs", "svhn_convnet", "build_sequential",
            "build", "specs", "summary", "ARCHITECTURES", "SPECS"]
@@ -69,24 +71,27 @@ def _bn_kind(bn):
 
 
 def _check_p(name, p):
-    p = float(p)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {p}")
-    return p
+    return check_real_scalar(p, name, lo=0.0, hi=1.0, hi_open=True)
 
 
 def _check_int(name, value, lo=1):
-    if isinstance(value, bool) or int(value) != value or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
+    return check_int(value, name, minimum=lo)
 
 
 # ---------------------------------------------------------------------------
 # MNIST MLP
 # ---------------------------------------------------------------------------
 
+def _binary_kwargs(backend, stochastic_weights):
+    """The keyword arguments every binary layer of a zoo model gets."""
+    kw = {"backend": backend}
+    if stochastic_weights:          # only when set, as in the layers' config()
+        kw["stochastic_weights"] = True
+    return kw
+
+
 def mnist_mlp_specs(hidden=4096, depth=3, in_features=784, n_classes=10, dropout_in=0.0,
-                    dropout_hidden=0.0, bn="standard", backend=None):
+                    dropout_hidden=0.0, bn="standard", backend=None, stochastic_weights=False):
     """Layer specs of the paper's MNIST MLP; see :func:`mnist_mlp`."""
     hidden = _check_int("hidden", hidden)
     depth = _check_int("depth", depth, lo=0)
@@ -95,6 +100,7 @@ def mnist_mlp_specs(hidden=4096, depth=3, in_features=784, n_classes=10, dropout
     dropout_in = _check_p("dropout_in", dropout_in)
     dropout_hidden = _check_p("dropout_hidden", dropout_hidden)
     bn_kind = _bn_kind(bn)
+    binary = _binary_kwargs(backend, stochastic_weights)
 
     out = [LayerSpec("Flatten", {}, (in_features,), (in_features,))]
     if dropout_in > 0:
@@ -103,7 +109,7 @@ def mnist_mlp_specs(hidden=4096, depth=3, in_features=784, n_classes=10, dropout
     for i in range(depth):
         h = (hidden,)
         out.append(LayerSpec("BinaryDense", {"in_features": fan_in, "out_features": hidden,
-                                             "binary_input": i > 0, "backend": backend},
+                                             "binary_input": i > 0, **binary},
                              (fan_in,), h))
         out.append(LayerSpec(bn_kind, {"num_features": hidden, "spatial": False}, h, h))
         out.append(LayerSpec("SignActivation", {}, h, h))
@@ -112,14 +118,14 @@ def mnist_mlp_specs(hidden=4096, depth=3, in_features=784, n_classes=10, dropout
         fan_in = hidden
     c = (n_classes,)
     out.append(LayerSpec("BinaryDense", {"in_features": fan_in, "out_features": n_classes,
-                                         "binary_input": depth > 0, "backend": backend},
+                                         "binary_input": depth > 0, **binary},
                          (fan_in,), c))
     out.append(LayerSpec(bn_kind, {"num_features": n_classes, "spatial": False}, c, c))
     return out
 
 
 def mnist_mlp(hidden=4096, depth=3, in_features=784, n_classes=10, dropout_in=0.0,
-              dropout_hidden=0.0, bn="standard", backend=None, seed=0):
+              dropout_hidden=0.0, bn="standard", backend=None, seed=0, stochastic_weights=False):
     """The paper's MNIST MLP (Hubara et al. 2016, Sec. 4: 3 x 4096 binary units).
 
     Default shapes (``hidden=4096, depth=3``; ``Dropout`` layers appear only when
@@ -148,10 +154,15 @@ def mnist_mlp(hidden=4096, depth=3, in_features=784, n_classes=10, dropout_in=0.
     bn : {"standard", "shift"}
         ``BatchNorm`` or ``ShiftBatchNorm`` (shift-based BN, Hubara et al. Alg. 3).
     backend : str or None
-        Kernel backend of the hidden binary layers ("cpu", "cuda", "reference"): their
-        forward runs on the packed XNOR kernels.  None: float BLAS forward (same result).
+        How the hidden binary layers compute their products: None (default) on the
+        packed XNOR kernels of the default kernel backend (``$MINIBNN_BACKEND``, else
+        "cpu"), a kernel backend name ("cpu", "cuda", "reference") on that one,
+        "float" with float BLAS (same result, slower).
     seed : int
         Seeds every layer's rng (see the module docstring).
+    stochastic_weights : bool
+        Stochastic binarization of the weights in training (Sec. 1.1, Eq. 2; the
+        ``stochastic`` option of the authors' code); inference stays deterministic.
 
     Returns
     -------
@@ -162,7 +173,8 @@ def mnist_mlp(hidden=4096, depth=3, in_features=784, n_classes=10, dropout_in=0.
     Hubara et al. 2016, Sec. 4; BinaryNet Train-time/mnist.py.
     """
     return build_sequential(mnist_mlp_specs(hidden, depth, in_features, n_classes, dropout_in,
-                                            dropout_hidden, bn, backend), seed=seed)
+                                            dropout_hidden, bn, backend, stochastic_weights),
+                            seed=seed)
 
 
 # ---------------------------------------------------------------------------
@@ -174,11 +186,9 @@ def _channels(base, width):
 
 
 def cifar10_convnet_specs(width=1.0, n_classes=10, bn="standard", backend=None, in_channels=3,
-                          image_size=32, fc_units=1024):
+                          image_size=32, fc_units=1024, stochastic_weights=False):
     """Layer specs of the paper's CIFAR-10 ConvNet; see :func:`cifar10_convnet`."""
-    width = float(width)
-    if not width > 0:
-        raise ValueError(f"width must be > 0, got {width}")
+    width = check_real_scalar(width, "width", lo=0.0, lo_open=True)
     n_classes = _check_int("n_classes", n_classes)
     in_channels = _check_int("in_channels", in_channels)
     image_size = _check_int("image_size", image_size)
@@ -186,6 +196,7 @@ def cifar10_convnet_specs(width=1.0, n_classes=10, bn="standard", backend=None, 
     if image_size % 8:
         raise ValueError(f"image_size must be a multiple of 8 (three 2x2 poolings), got {image_size}")
     bn_kind = _bn_kind(bn)
+    binary = _binary_kwargs(backend, stochastic_weights)
 
     out = []
     c_in, s = in_channels, image_size
@@ -194,7 +205,7 @@ def cifar10_convnet_specs(width=1.0, n_classes=10, bn="standard", backend=None, 
         c = _channels(base, width)
         for j in range(2):
             conv = {"in_ch": c_in, "out_ch": c, "kernel": 3, "stride": 1, "padding": 1,
-                    "binary_input": not first, "backend": backend}
+                    "binary_input": not first, **binary}
             out.append(LayerSpec("BinaryConv2D", conv, (c_in, s, s), (c, s, s)))
             first = False
             if j == 1:
@@ -208,7 +219,7 @@ def cifar10_convnet_specs(width=1.0, n_classes=10, bn="standard", backend=None, 
     out.append(LayerSpec("Flatten", {}, (c_in, s, s), (feat,)))
     for units, last in ((fc_units, False), (fc_units, False), (n_classes, True)):
         out.append(LayerSpec("BinaryDense", {"in_features": feat, "out_features": units,
-                                             "binary_input": True, "backend": backend},
+                                             "binary_input": True, **binary},
                              (feat,), (units,)))
         out.append(LayerSpec(bn_kind, {"num_features": units, "spatial": False}, (units,), (units,)))
         if not last:
@@ -218,7 +229,7 @@ def cifar10_convnet_specs(width=1.0, n_classes=10, bn="standard", backend=None, 
 
 
 def cifar10_convnet(width=1.0, n_classes=10, bn="standard", backend=None, seed=0, in_channels=3,
-                    image_size=32, fc_units=1024):
+                    image_size=32, fc_units=1024, stochastic_weights=False):
     """The paper's CIFAR-10 ConvNet: (2x128C3)-MP2-(2x256C3)-MP2-(2x512C3)-MP2-(2x1024FC)-10.
 
     Default shapes (``width=1``, 3 x 32 x 32 input; every conv is 3x3, stride 1,
@@ -248,7 +259,8 @@ def cifar10_convnet(width=1.0, n_classes=10, bn="standard", backend=None, seed=0
     n_classes : int
     bn : {"standard", "shift"}
     backend : str or None
-        Kernel backend of the hidden binary layers (None: float BLAS forward, same result).
+        As :func:`mnist_mlp`: None (default kernel backend), a kernel backend name, or
+        "float" (float BLAS, same result).
     seed : int
     in_channels : int
         3 for CIFAR-10 / SVHN.
@@ -256,6 +268,8 @@ def cifar10_convnet(width=1.0, n_classes=10, bn="standard", backend=None, seed=0
         Input height = width (32 for CIFAR-10 / SVHN).
     fc_units : int
         Units of the two hidden dense layers (1024 in the paper).
+    stochastic_weights : bool
+        As :func:`mnist_mlp`.
 
     Returns
     -------
@@ -267,18 +281,19 @@ def cifar10_convnet(width=1.0, n_classes=10, bn="standard", backend=None, seed=0
     ConvNet); BinaryNet Train-time/cifar10.py.
     """
     return build_sequential(cifar10_convnet_specs(width, n_classes, bn, backend, in_channels,
-                                                  image_size, fc_units), seed=seed)
+                                                  image_size, fc_units, stochastic_weights),
+                            seed=seed)
 
 
 def svhn_convnet_specs(width=1.0, n_classes=10, bn="standard", backend=None, in_channels=3,
-                       image_size=32, fc_units=1024):
+                       image_size=32, fc_units=1024, stochastic_weights=False):
     """Layer specs of the SVHN ConvNet: :func:`cifar10_convnet_specs` with ``0.5 * width``."""
     return cifar10_convnet_specs(0.5 * float(width), n_classes, bn, backend, in_channels,
-                                 image_size, fc_units)
+                                 image_size, fc_units, stochastic_weights)
 
 
 def svhn_convnet(width=1.0, n_classes=10, bn="standard", backend=None, seed=0, in_channels=3,
-                 image_size=32, fc_units=1024):
+                 image_size=32, fc_units=1024, stochastic_weights=False):
     """The paper's SVHN ConvNet: the CIFAR-10 ConvNet with half the conv channels.
 
     (2x64C3)-MP2-(2x128C3)-MP2-(2x256C3)-MP2-(2x1024FC)-10, i.e.
@@ -292,7 +307,8 @@ def svhn_convnet(width=1.0, n_classes=10, bn="standard", backend=None, seed=0, i
     Hubara et al. 2016, Sec. 4; BinaryNet Train-time/svhn.py.
     """
     return build_sequential(svhn_convnet_specs(width, n_classes, bn, backend, in_channels,
-                                               image_size, fc_units), seed=seed)
+                                               image_size, fc_units, stochastic_weights),
+                            seed=seed)
 
 
 # ---------------------------------------------------------------------------

@@ -30,3 +30,16 @@ def backend(request):
 @pytest.fixture(params=[b for b in BACKENDS if b != "reference"], scope="session")
 def fast_backend(request):
     return request.param
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``plot`` need the optional ``plot`` extra: skip them, with the reason,
+    where matplotlib is not installed (the README's test command installs only ``test``);
+    CI installs the extra afterwards and runs ``pytest -m plot``."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        skip = pytest.mark.skip(reason="needs the optional plot extra: pip install -e '.[plot]'")
+        for item in items:
+            if item.get_closest_marker("plot") is not None:
+                item.add_marker(skip)

@@ -43,6 +43,10 @@ from minibnn.data import (
     read_svhn_mat,
 )
 from minibnn.data import fetch, readers
+from minibnn.data.catalog import DATASETS, is_dataset_spec
+
+# The real opener, kept before the autouse fixture below swaps in an offline one.
+REAL_URLOPEN = fetch.urlopen
 from minibnn.data.preprocess import apply_zca, fit_zca, global_contrast_normalize, scale_to_pm1
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,6 +135,11 @@ def _no_env(monkeypatch, tmp_path):
     # user's home directory.
     monkeypatch.delenv("MINIBNN_DATA", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    # ... and never the network: load_dataset now fetches missing data itself.
+    # Tests of the download path patch fetch.urlopen again (file:// or fakes).
+    def offline(req, timeout=None):
+        raise urllib.error.URLError(OSError(101, "Network is unreachable (test)"))
+    monkeypatch.setattr(fetch, "urlopen", offline)
 
 
 # ---------------------------------------------------------------- IDX reader
@@ -566,7 +575,9 @@ def tiny_known(monkeypatch):
 
 
 def no_part_files(d: Path) -> bool:
-    return not any(p.name.endswith(".part") for p in d.rglob("*"))
+    # temporaries of minibnn.fileio (and the .part names of earlier versions)
+    return not any(p.name.endswith(".part") or p.name.startswith(".tmp-")
+                   for p in d.rglob("*"))
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -705,6 +716,238 @@ def test_fetch_scripts_are_thin_wrappers():
     for ds in ("mnist", "cifar10", "svhn"):
         text = (ROOT / "data_scripts" / f"fetch_{ds}.py").read_text()
         assert "from minibnn.data.fetch import main" in text and f'main("{ds}")' in text
+
+
+def test_fetch_scripts_call_fetch_dataset_and_fashion_script_exists():
+    text = (ROOT / "data_scripts" / "fetch_fashion_mnist.py").read_text()
+    assert 'main("fashion-mnist")' in text
+    src = Path(fetch.__file__).read_text()
+    # main() is a front end of the same function `minibnn fetch` calls
+    assert "folder = fetch_dataset(" in src[src.index("def main("):]
+
+
+def _file_url(d: Path) -> str:
+    return d.resolve().as_uri() + "/"
+
+
+def test_fetch_dataset_downloads_from_file_url_with_progress(tmp_path, monkeypatch,
+                                                             tiny_known, capsys):
+    arrays = make_mnist(tmp_path / "src", gz=True)
+    tiny_known[0](arrays)
+    monkeypatch.setattr(fetch, "urlopen", REAL_URLOPEN)
+    monkeypatch.setattr(fetch, "MNIST_MIRRORS", (_file_url(tmp_path / "src" / "mnist"),))
+    folder = mdata.fetch_dataset("mnist", tmp_path / "data")
+    assert folder == tmp_path / "data" / "mnist"
+    for name in MNIST_NAMES:
+        assert (folder / (name + ".gz")).read_bytes() == \
+            (tmp_path / "src" / "mnist" / (name + ".gz")).read_bytes()
+    out, err = capsys.readouterr()
+    assert out == ""  # messages and the bar go to stderr
+    # not a terminal: one progress line per finished file, with the size
+    assert err.count("100%") == 4 and "train-images-idx3-ubyte.gz" in err and "\r" not in err
+    assert no_part_files(tmp_path / "data")
+    # second call: everything verified in place, nothing downloaded
+    monkeypatch.setattr(fetch, "urlopen", lambda *a, **k: pytest.fail("downloaded again"))
+    mdata.fetch_dataset("MNIST", tmp_path / "data", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_redraws_in_place_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    stream = Tty()
+    bar = fetch._Bar("f.gz", 2_000_000, stream)
+    bar.last -= 1  # due for a redraw
+    bar.update(1_000_000)
+    bar.update(1_000_000)  # too soon after the last redraw: not drawn
+    bar.close(True)
+    text = stream.getvalue()
+    assert text.startswith("\rf.gz [") and " 50% " in text and "100% 2.0/2.0 MB" in text
+    assert text.count("\r") == 2 and text.endswith("\n")
+
+
+def test_download_short_body_is_a_network_error_and_leaves_nothing(tmp_path, monkeypatch):
+    class Resp(io.BytesIO):
+        headers = {"Content-Length": "100"}
+    monkeypatch.setattr(fetch, "urlopen", lambda req, timeout=None: Resp(b"x" * 60))
+    with pytest.raises(fetch.FetchError, match="ended after 60 of 100 bytes"):
+        fetch.download("http://example.invalid/f", tmp_path / "d" / "f")
+    assert list((tmp_path / "d").iterdir()) == []
+
+
+def test_unresolvable_host_fails_within_the_connect_timeout(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
+                "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    # a resolver that hangs (no reachable DNS server) must not hang the fetch
+    monkeypatch.setattr(fetch.socket, "getaddrinfo", lambda *a, **k: time.sleep(5))
+    t0 = time.perf_counter()
+    with pytest.raises(urllib.error.URLError, match="could not resolve"):
+        REAL_URLOPEN(fetch.Request("https://data.example.invalid/x"), timeout=0.3)
+    assert time.perf_counter() - t0 < 2
+
+
+def test_load_dataset_fetches_missing_data_itself(tmp_path, monkeypatch, tiny_known, capsys):
+    arrays = make_mnist(tmp_path / "src", gz=True)
+    tiny_known[0](arrays)
+    monkeypatch.setattr(fetch, "urlopen", REAL_URLOPEN)
+    monkeypatch.setattr(fetch, "MNIST_MIRRORS", (_file_url(tmp_path / "src" / "mnist"),))
+    root = tmp_path / "data"
+    with pytest.raises(mdata.MissingDataError, match="--no-download"):
+        load_dataset("mnist", root, download=False, strict=False, n_val=2)
+    assert not root.exists()
+    ds = load_dataset("mnist", root, strict=False, n_val=2)
+    np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"])
+    assert "not found in" in capsys.readouterr().err
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(
+        n + ".gz" for n in MNIST_NAMES)
+
+
+def test_load_dataset_offline_fails_fast_with_the_advice(tmp_path, capsys):
+    t0 = time.perf_counter()
+    with pytest.raises(mdata.MissingDataError) as e:
+        load_dataset("cifar10", tmp_path / "data")  # the fixture's urlopen is offline
+    assert time.perf_counter() - t0 < 5
+    msg = str(e.value)
+    for phrase in ("Network is unreachable", "--no-download", "--from COPY",
+                   "minibnn fetch cifar10", "--dataset sample", str(tmp_path / "data")):
+        assert phrase in msg, phrase
+    # a present but corrupt file is reported, never replaced by a download
+    make_mnist(tmp_path)
+    write(tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz", b"\x00\x00\x08\x01junk")
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", tmp_path, strict=False, n_val=2)
+    assert not isinstance(e.value, mdata.MissingDataError)
+
+
+def test_fashion_mnist_loader_and_its_own_checksums(tmp_path, monkeypatch):
+    arrays = make_mnist(tmp_path, sub="fashion-mnist", gz=True, seed=3)
+    ds = load_dataset("fashion-mnist", tmp_path, strict=False, n_val=5, download=False)
+    assert ds.name == "fashion-mnist" and ds.input_shape == (1, 28, 28)
+    assert ds.class_names[0] == "T-shirt/top" and ds.class_names[9] == "Ankle boot"
+    np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte"])
+    with pytest.raises(DataError, match="Fashion-MNIST file has"):
+        load_dataset("fashion-mnist", tmp_path, download=False)  # strict
+    # a .gz of the published size is checked by SHA-256 and MD5 of the stored bytes
+    p = tmp_path / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz"
+    raw = p.read_bytes()
+    table = dict(readers.FASHION_MNIST_FILES)
+    table[p.name] = (len(raw), hashlib.sha256(raw).hexdigest(), "0" * 32)
+    monkeypatch.setattr(readers, "FASHION_MNIST_FILES", table)
+    with pytest.raises(DataError, match="MD5 mismatch for Fashion-MNIST"):
+        mdata.load_fashion_mnist_raw(tmp_path, strict=False)
+    table[p.name] = (len(raw), hashlib.sha256(raw).hexdigest(), hashlib.md5(raw).hexdigest())
+    mdata.load_fashion_mnist_raw(tmp_path, strict=False)
+    # the MNIST table (same names and sizes) is never applied to Fashion-MNIST files
+    assert set(readers.FASHION_MNIST_FILES) == {n + ".gz" for n in MNIST_NAMES}
+
+
+def test_fetch_fashion_mnist_download_and_plain_copy(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    make_mnist(src, gz=True, sub=".", seed=4)
+    table = {n.name: (n.stat().st_size, fetch.sha256_file(n), fetch.md5_file(n))
+             for n in src.iterdir()}
+    monkeypatch.setattr(fetch, "FASHION_MNIST_FILES", table)
+    monkeypatch.setattr(fetch, "urlopen", REAL_URLOPEN)
+    monkeypatch.setattr(fetch, "FASHION_MNIST_MIRRORS", (_file_url(src),))
+    folder = mdata.fetch_dataset("fashion-mnist", tmp_path / "d1", progress=False)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(table)
+    # a wrong byte: rejected, nothing left under the real name
+    monkeypatch.setitem(table, "train-labels-idx1-ubyte.gz",
+                        table["train-labels-idx1-ubyte.gz"][:1] + ("0" * 64, "0" * 32))
+    with pytest.raises(fetch.FetchError, match="all Fashion-MNIST mirrors failed"):
+        mdata.fetch_dataset("fashion-mnist", tmp_path / "d2", progress=False)
+    assert not (tmp_path / "d2" / "fashion-mnist" / "train-labels-idx1-ubyte.gz").exists()
+    assert no_part_files(tmp_path / "d2")
+    # an uncompressed copy can only be checked structurally: the real dimensions
+    plain = tmp_path / "plain"
+    write(plain / "train-images-idx3-ubyte", idx_bytes(np.zeros((12, 28, 28), np.uint8)))
+    with pytest.raises(DataError, match="not the expected IDX header"):
+        mdata.fetch_dataset("fashion-mnist", tmp_path / "d3", source=plain, progress=False)
+    assert no_part_files(tmp_path / "d3")
+
+
+def test_catalog_names_and_specs():
+    assert list(DATASETS) == ["mnist", "fashion-mnist", "cifar10", "svhn", "sample"]
+    assert DATASETS["cifar10"].input_shape == (3, 32, 32) and not DATASETS["sample"].fetchable
+    assert mdata.FETCHABLE == ("mnist", "fashion-mnist", "cifar10", "svhn")
+    assert is_dataset_spec("mnist") and is_dataset_spec("Fashion_MNIST")
+    assert is_dataset_spec("npz:x.npz") and not is_dataset_spec("npz:")
+    assert not is_dataset_spec("imagenet") and not is_dataset_spec(None)
+
+
+# ---------------------------------------------------------------- user arrays / npz
+
+def test_from_arrays_layouts_are_exact(tmp_path):
+    rng = np.random.default_rng(0)
+    nchw = rng.integers(0, 256, (10, 3, 5, 6), dtype=np.uint8)
+    y = np.arange(10) % 4
+    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    ds = Dataset.from_arrays(nhwc, y, nhwc[:3], y[:3], n_val=2)
+    assert ds.input_shape == (3, 5, 6) and ds.x_train.flags.c_contiguous
+    np.testing.assert_array_equal(ds.x_train, scale_to_pm1(nchw[:8]))
+    np.testing.assert_array_equal(ds.x_val, scale_to_pm1(nchw[8:]))
+    assert ds.n_classes == 4 and ds.class_names == ("0", "1", "2", "3")
+    same = Dataset.from_arrays(nchw, y, nchw[:3], y[:3], n_val=2)
+    np.testing.assert_array_equal(same.x_train, ds.x_train)
+    gray = Dataset.from_arrays(nchw[:, 0], y, nchw[:3, 0], y[:3])  # (N, H, W)
+    assert gray.input_shape == (1, 5, 6) and len(gray.x_val) == 1  # 10 % of 10
+    flat = Dataset.from_arrays(np.zeros((10, 7), np.float64), y, np.ones((2, 7)), y[:2],
+                               n_classes=5)
+    assert flat.input_shape == (1, 1, 7) and flat.preprocessing == "as given"
+    assert flat.x_test.dtype == np.float32 and flat.x_test.max() == 1.0 and flat.n_classes == 5
+
+
+def test_from_arrays_explicit_val_limit_and_no_side_effects():
+    x = np.zeros((6, 4, 4), np.uint8)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    ds = Dataset.from_arrays(x, y, x[:2], y[:2], x_val=x[:3], y_val=y[:3].reshape(3, 1),
+                             limit_train=4, class_names=["a", "b", "c"], name="mine")
+    assert (len(ds.x_train), len(ds.x_val), len(ds.x_test)) == (4, 3, 2)
+    assert ds.class_names == ("a", "b", "c") and ds.name == "mine"
+    assert ds.y_val.dtype == np.int64 and ds.y_val.shape == (3,)
+    y_bad = y.copy()
+    y_bad[2] = 9
+    before = y_bad.copy()
+    with pytest.raises(ValueError, match="label 9"):
+        Dataset.from_arrays(x, y_bad, x[:2], y[:2], class_names=["a", "b", "c"])
+    np.testing.assert_array_equal(y_bad, before)
+
+
+def test_npz_dataset_round_trip(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)  # NHWC
+    y = np.arange(12) % 3
+    p = tmp_path / "mine.npz"
+    np.savez_compressed(p, x_train=x, y_train=y, x_test=x[:4], y_test=y[:4],
+                        x_val=x[:2], y_val=y[:2], class_names=np.array(["a", "b", "c"]))
+    ds = load_dataset(f"npz:{p}")
+    assert ds.name == f"npz:{p}" and ds.input_shape == (3, 8, 8)
+    assert ds.class_names == ("a", "b", "c") and len(ds.x_val) == 2
+    np.testing.assert_array_equal(ds.x_train, scale_to_pm1(x.transpose(0, 3, 1, 2)))
+    with pytest.raises(DataError, match="class_names"):
+        np.savez(p, x_train=x, y_train=y, x_test=x, y_test=y, class_names=np.zeros(3))
+        load_dataset(f"npz:{p}")
+
+
+def test_mat_element_claiming_more_than_the_file_is_named(tmp_path):
+    # issue 11: this used to say "variable 'y' missing from the .mat file"
+    p = write_mat(tmp_path / "train_32x32.mat", np.zeros((32, 32, 3, 2), np.uint8),
+                  np.array([[1], [2]], np.uint8))
+    b = bytearray(p.read_bytes())
+    b[132:136] = (2 ** 31).to_bytes(4, "little")
+    p.write_bytes(bytes(b))
+    with pytest.raises(DataError) as e:
+        read_svhn_mat(p)
+    msg = str(e.value)
+    assert str(p) in msg and "claims 2147483648 bytes" in msg and "missing" not in msg
+    # compressed files (savemat's do_compression) still read exactly
+    X = np.random.default_rng(2).integers(0, 256, (32, 32, 3, 3), dtype=np.uint8)
+    scipy.io.savemat(p, {"X": X, "y": np.array([[10], [1], [5]])}, do_compression=True)
+    x, y = read_svhn_mat(p)
+    np.testing.assert_array_equal(x, X.transpose(3, 2, 0, 1))
+    assert y.tolist() == [0, 1, 5]
 
 
 # ---------------------------------------------------------------- real data (MINIBNN_DATA)

@@ -104,7 +104,7 @@ def test_binary_conv2d_backward_after_packed_forward():
     w = rand(rng, 4, 3, 3, 3)
     dout = rand(rng, 2, 4, 3, 3)
     g_packed = F.binary_conv2d_backward(dout, F.binary_conv2d_forward(x, w, None, 2, 1, True, "cpu")[1])
-    g_float = F.binary_conv2d_backward(dout, F.binary_conv2d_forward(x, w, None, 2, 1, True, None)[1])
+    g_float = F.binary_conv2d_backward(dout, F.binary_conv2d_forward(x, w, None, 2, 1, True, "float")[1])
     for a, b in zip(g_packed[:2], g_float[:2]):
         np.testing.assert_array_equal(a, b)
 
@@ -334,6 +334,45 @@ def test_ap2_is_the_nearest_power_of_two_in_log_domain(x):
 def test_ap2_examples():
     assert ap2(np.array([3.0, -3.0, 0.7, 0.3, 1.0, 0.0])).tolist() == [4, -4, 0.5, 0.25, 1, 0]
     assert ap2(np.float32(5.0)).dtype == np.float32
+
+
+def test_ap2_non_finite_values_pass_through():
+    # sign(x) * 2**round(log2|x|) at +-inf is +-inf; NaN stays NaN so that a diverged
+    # statistic reaches the callers' NaN checks instead of turning into 0
+    got = ap2(np.array([np.inf, -np.inf, np.nan, -0.0, 2.0]))
+    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2])
+    assert got[3:].tolist() == [0.0, 2.0]
+    assert ap2(np.array([np.nan], np.float32)).dtype == np.float32
+    # the midpoint between powers (2**k * sqrt 2) is no float: float64(sqrt 2) lies just
+    # above it (-> 2), the float before it just below (-> 1)
+    r2 = np.sqrt(2.0)
+    assert ap2(np.array([r2, np.nextafter(r2, 0.0), -r2])).tolist() == [2.0, 1.0, -2.0]
+    # the top of the range rounds up past the largest float
+    assert ap2(np.array([np.finfo(np.float32).max], np.float32))[0] == np.inf
+
+
+def test_shift_batchnorm_nan_propagates():
+    x = np.ones((4, 2))
+    x[0, 0] = np.nan
+    out, _ = F.shift_batchnorm_forward(x, np.ones(2), np.zeros(2))
+    assert np.isnan(out[:, 0]).all() and np.isfinite(out[:, 1]).all()
+
+
+def test_stochastic_weights_gradient_is_straight_through():
+    # with stochastic w_b the rule is the same: dx = dout @ w_b.T for the drawn w_b,
+    # dw = x.T @ dout (the gradient w.r.t. w_b, passed to the latent w)
+    rng = np.random.default_rng(18)
+    x, w = rand(rng, 4, 6), rng.uniform(-1, 1, (6, 3))
+    out, cache = F.binary_dense_forward(x, w, None, False, "float",
+                                        stochastic_rng=np.random.default_rng(3))
+    wb = cache["w_b"]
+    assert set(np.unique(wb)) <= {-1.0, 1.0}
+    np.testing.assert_allclose(out, x @ wb, rtol=1e-12)
+    dout = rand(rng, 4, 3)
+    dx, dw, _ = F.binary_dense_backward(dout, cache)
+    np.testing.assert_allclose(dx, dout @ wb.T, rtol=1e-12)
+    np.testing.assert_allclose(dw, x.T @ dout, rtol=1e-12)
+    check_gradient(lambda v: F.dense_forward(x, v)[0], wb.astype(np.float64), dout, dw)
 
 
 # ---------------------------------------------------------------------------

@@ -345,3 +345,143 @@ def test_maxpool_property(case, dtype):
 def test_maxpool_cases(shape, k, s):
     x = np.round(rng.standard_normal(shape), 1).astype(np.float32)   # many ties
     check_maxpool(x, k, s)
+
+
+# ---------------------------------------------------------------- padding bits and k (issue 11.1)
+
+def test_xnor_gemm_rejects_set_padding_bits(backend):
+    # before the check: all-ones padding in a counted 54 extra "differences": -118, not 10
+    ones = np.full((1, 1), 2**64 - 1, np.uint64)
+    zero = np.zeros((1, 1), np.uint64)
+    with pytest.raises(ValueError, match="a_words has nonzero padding bits"):
+        kernels.xnor_gemm(ones, zero, 10, backend=backend)
+    with pytest.raises(ValueError, match="b_words has nonzero padding bits"):
+        kernels.xnor_gemm(zero, ones, 10, backend=backend)
+    with pytest.raises(ValueError, match="b_words has nonzero padding bits"):
+        kernels.prepare_weights(ones, 10, backend=backend)
+    # bit 9 is the last real bit of k=10: allowed; bit 10 is padding
+    last = np.array([[1 << 9]], np.uint64)
+    assert kernels.xnor_gemm(last, zero, 10, backend=backend)[0, 0] == 8
+    with pytest.raises(ValueError, match="padding bits"):
+        kernels.xnor_gemm(np.array([[1 << 10]], np.uint64), zero, 10, backend=backend)
+    # k a multiple of 64 has no padding bits
+    assert kernels.xnor_gemm(ones, zero, 64, backend=backend)[0, 0] == -64
+
+
+def test_xnor_gemm_padding_bits_named_row():
+    a = np.zeros((5, 2), np.uint64)
+    a[3, 1] = np.uint64(1) << np.uint64(63)
+    with pytest.raises(ValueError, match=r"row 3"):
+        kernels.xnor_gemm(a, np.zeros((2, 2), np.uint64), 100)
+
+
+@pytest.mark.parametrize("k,err,match", [
+    (2**31, ValueError, "<= 2147483647"),
+    (-1, ValueError, ">= 1"),
+    (np.int64(64), None, None),
+    (True, TypeError, "integer"),
+    (63.0, TypeError, "integer"),
+])
+def test_xnor_gemm_k_range(k, err, match):
+    a = np.zeros((1, 1), np.uint64)
+    if err is None:
+        assert kernels.xnor_gemm(a, a, k)[0, 0] == 64
+        return
+    with pytest.raises(err, match=match):
+        kernels.xnor_gemm(a, a, k)
+
+
+def test_hand_made_prepared_weights_rejected(backend):
+    # a PreparedWeights built by hand must not reach a kernel that trusts its layout
+    a = kernels.pack(rng.standard_normal((3, 100)))
+    bad = kernels.PreparedWeights(backend, np.zeros((1, 2, 8), np.uint64), 40, 100)
+    with pytest.raises(ValueError, match="prepared weights"):
+        kernels.xnor_gemm(a, bad, 100, backend=backend)
+
+
+# ---------------------------------------------------------------- geometry (issue 11)
+
+def test_binary_conv2d_huge_padding_is_a_clear_error():
+    # before: NumPy's "array is too big" from inside the backend
+    with pytest.raises(ValueError, match="padding=1000000000"):
+        kernels.binary_conv2d(np.ones((1, 1, 5, 5)), np.ones((1, 1, 3, 3)), padding=10**9)
+
+
+def test_geometry_is_one_formula():
+    from minibnn import functional
+    from minibnn.kernels import geometry
+    assert kernels.conv_output_size is geometry.conv_output_size
+    assert functional.conv_output_size(7, 3, 2, 1) == geometry.conv_output_size(7, 3, 2, 1) == 4
+
+
+# ---------------------------------------------------------------- packed inference kernels vs twins
+
+@given(st.integers(0, 9), k_values(200), st.integers(0, 2**31 - 1))
+def test_threshold_pack_vs_twin(n, d, seed):
+    r = np.random.default_rng(seed)
+    s = r.integers(-20, 21, (n, d)).astype(np.int32)
+    t = r.integers(-20, 21, d).astype(np.int32)
+    got = kernels.threshold_pack(s, t)
+    assert_exact(got, reference.threshold_pack(s, t), "threshold_pack vs reference")
+    assert_exact(kernels.threshold_pack(s, t, backend="reference"), got)
+
+
+@given(st.integers(0, 6), k_values(200), st.integers(0, 2**31 - 1))
+def test_pack_bitplanes_vs_twin(n, k, seed):
+    p = np.random.default_rng(seed).integers(0, 256, (n, k)).astype(np.uint8)
+    got = kernels.pack_bitplanes(p)
+    assert_exact(got, reference.pack_bitplanes(p), "pack_bitplanes vs reference")
+
+
+@given(st.integers(1, 9), k_values(300), st.integers(1, 30), st.integers(0, 2**31 - 1))
+def test_bitplane_gemm_vs_twin(backend, m, k, n, seed):
+    r = np.random.default_rng(seed)
+    p = r.integers(0, 256, (m, k)).astype(np.uint8)
+    w = np.where(r.random((n, k)) < 0.5, -1.0, 1.0)
+    planes, words = kernels.pack_bitplanes(p), kernels.pack(w)
+    exact = ((2 * p.astype(np.int64) - 255) @ w.T.astype(np.int64)).astype(np.int32)
+    assert_exact(reference.bitplane_gemm(planes, words, k), exact, "reference twin")
+    assert_exact(kernels.bitplane_gemm(planes, words, k, backend=backend), exact,
+                 f"bitplane_gemm[{backend}]")
+    prep = kernels.prepare_weights(words, k, backend=backend)
+    assert_exact(kernels.bitplane_gemm(planes, prep, k, backend=backend), exact)
+
+
+@pytest.mark.parametrize("m,k,n", [(4, 65, 24), (5, 63, 25), (129, 200, 23), (1, 784, 9)])
+def test_bitplane_gemm_cases(backend, m, k, n):
+    p = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.standard_normal((n, k))
+    planes, words = kernels.pack_bitplanes(p), kernels.pack(w)
+    assert_exact(kernels.bitplane_gemm(planes, words, k, backend=backend),
+                 reference.bitplane_gemm(planes, words, k))
+
+
+@given(st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 7), st.integers(1, 7),
+                 st.integers(1, 3), st.integers(1, 3)).filter(lambda t: t[4] <= min(t[2], t[3])),
+       st.integers(0, 2**31 - 1))
+def test_int_maxpool_vs_twin(case, seed):
+    *shape, k, s = case
+    x = np.random.default_rng(seed).integers(-5, 6, shape).astype(np.int32)   # many ties
+    out, arg = kernels.maxpool2d(x, k, s)
+    want, want_arg = reference.maxpool2d(x, k, s)
+    assert_exact(out, want, "int32 maxpool values")
+    assert_exact(arg, want_arg, "int32 maxpool argmax")
+    assert_exact(kernels.maxpool2d(x, k, s, backend="reference")[0], want)
+
+
+def test_packed_kernels_reject():
+    with pytest.raises(TypeError, match="integer"):
+        kernels.threshold_pack(np.zeros((2, 3)), np.zeros(3, np.int32))
+    with pytest.raises(ValueError, match="shape"):
+        kernels.threshold_pack(np.zeros((2, 3), np.int32), np.zeros(4, np.int32))
+    with pytest.raises(TypeError, match="uint8"):
+        kernels.pack_bitplanes(np.zeros((2, 3), np.int16))
+    planes = kernels.pack_bitplanes(np.zeros((2, 70), np.uint8))
+    with pytest.raises(ValueError, match="8 bit planes"):
+        kernels.bitplane_gemm(planes[:4].copy(), np.zeros((3, 2), np.uint64), 70)
+    with pytest.raises(ValueError, match="padding bits"):
+        kernels.bitplane_gemm(planes, np.full((3, 2), 2**64 - 1, np.uint64), 70)
+    with pytest.raises(ValueError, match="NaN"):
+        kernels.maxpool2d(np.full((1, 1, 2, 2), np.nan), 2)
+    with pytest.raises(ValueError, match="window 3x3 larger"):
+        kernels.maxpool2d(np.zeros((1, 1, 2, 2), np.int32), 3)

@@ -16,8 +16,8 @@ from minibnn.testing import assert_exact, conv_cases, k_values, pm1_arrays, real
 # ---------------------------------------------------------------------------
 
 def _twin(layer):
-    """Same config and weights, float path (backend=None)."""
-    cfg = dict(layer.config(), backend=None)
+    """Same config and weights, float path (backend="float")."""
+    cfg = dict(layer.config(), backend="float")
     other = type(layer)(**cfg)
     for k, v in layer.params.items():
         other.params[k][...] = v
@@ -80,8 +80,10 @@ def test_set_backend_switches_path_not_result():
     rng = np.random.default_rng(0)
     model = Sequential([L.BinaryDense(70, 30, binary_input=False, rng=1), L.BatchNorm(30),
                         L.SignActivation(), L.BinaryDense(30, 5, rng=2), L.BatchNorm(5)])
+    model.set_backend("float")
     x = rng.standard_normal((6, 70)).astype(np.float32)
     a = model.forward(x, training=False)
+    assert model[3].prepared is None               # float BLAS path
     model.set_backend("cpu")
     assert model[3].backend == "cpu"
     b = model.forward(x, training=False)
@@ -95,14 +97,14 @@ def test_non_binary_input_takes_the_float_path():
     # scaled 0 / +-2 in training) must give the float product x @ sign(w), not its sign
     x = np.array([[1.0, -1.0, 0.5, 1.0], [2.0, 0.0, -2.0, 2.0]])
     packed = L.BinaryDense(4, 3, backend="cpu", rng=0)
-    plain = L.BinaryDense(4, 3, rng=0)
+    plain = L.BinaryDense(4, 3, backend="float", rng=0)
     assert_exact(packed.forward(x), plain.forward(x))
     assert packed.prepared is None
     assert_exact(packed.forward(np.sign(x + 0.1)), plain.forward(np.sign(x + 0.1)))
     assert packed.prepared is not None
     xc = np.zeros((1, 1, 3, 3))
     conv_packed = L.BinaryConv2D(1, 2, 2, backend="cpu", rng=0)
-    conv_plain = L.BinaryConv2D(1, 2, 2, rng=0)
+    conv_plain = L.BinaryConv2D(1, 2, 2, backend="float", rng=0)
     assert_exact(conv_packed.forward(xc), conv_plain.forward(xc))
     assert np.any(conv_plain.forward(xc) == 0)   # zeros, not the +1 a sign would give
 
@@ -316,9 +318,345 @@ def test_dropout_before_binary_layer_falls_back_to_float_in_training():
     from minibnn import zoo
     model = zoo.build("mnist_mlp", hidden=32, depth=2, dropout_hidden=0.5, backend="cpu", seed=3)
     x = np.random.default_rng(0).uniform(-1, 1, (8, 1, 28, 28)).astype(np.float32)
-    ref = zoo.build("mnist_mlp", hidden=32, depth=2, dropout_hidden=0.5, backend=None, seed=3)
+    ref = zoo.build("mnist_mlp", hidden=32, depth=2, dropout_hidden=0.5, backend="float", seed=3)
     out = model.forward(x, training=True)          # same seed: same dropout masks
     assert out.shape == (8, 10) and np.isfinite(out).all()
     assert_exact(out, ref.forward(x, training=True))
     assert_exact(model.forward(x, training=False), ref.forward(x, training=False))
     assert model[5].prepared is not None           # the hidden layer ran packed in eval
+
+
+def test_backward_after_a_forward_that_dropped_nothing():
+    # Dropout(p=0) in training and any Dropout in eval cache None (nothing dropped); that
+    # must not read as "no forward yet"
+    g = np.arange(6.0).reshape(2, 3)
+    for p, training in ((0.0, True), (0.5, False), (0.0, False)):
+        d = L.Dropout(p, rng=0)
+        d.forward(np.ones((2, 3)), training=training)
+        assert_exact(d.backward(g), g)
+
+
+# ---------------------------------------------------------------------------
+# a forward that raises changes nothing
+# ---------------------------------------------------------------------------
+
+def _snapshot(model):
+    """Everything a forward may change: buffers, generator states, caches."""
+    state = {k: v.copy() for k, v in model.state_dict().items()}
+    rngs = {i: layer.rng.bit_generator.state for i, layer in enumerate(model)
+            if hasattr(layer, "rng")}
+    caches = [layer._cache for layer in model]      # identity of the kept caches
+    return state, rngs, caches
+
+
+def _assert_unchanged(model, snap):
+    state, rngs, caches = snap
+    for k, v in model.state_dict().items():
+        assert_exact(v, state[k], k)
+    for i, s in rngs.items():
+        assert model[i].rng.bit_generator.state == s, f"layer {i} generator advanced"
+    assert all(layer._cache is c for layer, c in zip(model, caches))
+
+
+def test_failed_forward_leaves_model_unchanged():
+    # NaN appears inside the network (a diverged BN gamma): the Sign after the BN raises,
+    # after the Dropout drew its mask and the BN computed new running statistics
+    model = Sequential([L.Dropout(0.5, rng=1), L.BatchNorm(3), L.SignActivation(stochastic=True, rng=2),
+                        L.BinaryDense(3, 2, rng=3), L.BatchNorm(2)])
+    x = np.random.default_rng(0).standard_normal((8, 3)).astype(np.float32)
+    model.forward(x)                                # a good forward first: caches exist
+    model[1].params["gamma"][1] = np.nan
+    snap = _snapshot(model)
+    with pytest.raises(ValueError, match="NaN"):
+        model.forward(x, training=True)
+    _assert_unchanged(model, snap)
+    # the last good forward's caches still serve backward
+    assert model.backward(np.ones((8, 2), np.float32)).shape == (8, 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_input_is_refused_before_any_layer(bad):
+    model = Sequential([L.BinaryDense(3, 4, binary_input=False, rng=0), L.BatchNorm(4),
+                        L.SignActivation(), L.Dropout(0.3, rng=1)])
+    x = np.ones((5, 3), np.float32)
+    x[2, 1] = bad
+    snap = _snapshot(model)
+    word = "NaN" if np.isnan(bad) else "infinity"
+    for training in (True, False):
+        with pytest.raises(ValueError, match=f"input contains {word}"):
+            model.forward(x, training=training)
+        _assert_unchanged(model, snap)
+    with pytest.raises(ValueError, match=rf"BinaryDense.*input contains {word}"):
+        model[0].forward(x, training=False)
+
+
+def test_single_layer_failed_forward_changes_nothing():
+    bn = L.BatchNorm(2)
+    bn.params["gamma"][0] = np.nan                     # BN itself does not raise on NaN...
+    out = bn.forward(np.ones((3, 2)))
+    assert np.isnan(out[:, 0]).all()                   # ...but a wrong shape does:
+    before = {k: v.copy() for k, v in bn.buffers.items()}
+    cache = bn._cache
+    with pytest.raises(ValueError, match="expected input"):
+        bn.forward(np.ones((3, 5)))
+    assert bn._cache is cache
+    for k, v in bn.buffers.items():
+        assert_exact(v, before[k], k)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (L.Flatten(), (0, 3, 4)), (L.BinaryDense(3, 2, rng=0), (0, 3)), (L.BatchNorm(3), (0, 3)),
+    (L.BinaryConv2D(1, 2, 2, rng=0), (0, 1, 3, 3)), (L.SignActivation(), (0,)),
+    (L.Dropout(0.2), ()),
+])
+def test_empty_batch_is_a_clear_error(layer, shape):
+    with pytest.raises(ValueError, match="empty batch"):
+        layer.forward(np.zeros(shape, np.float32))
+    with pytest.raises(ValueError, match="empty batch"):
+        Sequential([layer]).forward(np.zeros(shape, np.float32))
+
+
+# ---------------------------------------------------------------------------
+# default backend: the kernels, "float" by name
+# ---------------------------------------------------------------------------
+
+def test_default_backend_is_the_kernel_path(monkeypatch):
+    monkeypatch.delenv("MINIBNN_BACKEND", raising=False)
+    x = np.where(np.random.default_rng(0).standard_normal((4, 70)) >= 0, 1.0, -1.0)
+    default = L.BinaryDense(70, 5, rng=0)
+    flt = L.BinaryDense(70, 5, backend="float", rng=0)
+    out = default.forward(x)
+    assert default.backend is None and default.prepared is not None
+    assert default.prepared.backend == "cpu"
+    assert_exact(out, flt.forward(x))
+    assert flt.prepared is None
+    monkeypatch.setenv("MINIBNN_BACKEND", "reference")        # resolved at each forward
+    default.forward(x)
+    assert default.prepared.backend == "reference"
+    from minibnn import zoo
+    assert all(layer.backend is None for layer in zoo.build("mnist_mlp", hidden=8, depth=1)
+               if hasattr(layer, "backend"))
+
+
+def test_unknown_backend_is_refused_early():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        L.BinaryDense(3, 2, backend="gpu")
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        Sequential([L.BinaryDense(3, 2, rng=0)]).set_backend("gpu")
+    with pytest.raises(ValueError, match="unknown backend"):
+        F.binary_dense_forward(np.ones((1, 3)), np.ones((3, 2)), backend="fast")
+
+
+# ---------------------------------------------------------------------------
+# stochastic binarization of the weights (Sec. 1.1, Eq. 2)
+# ---------------------------------------------------------------------------
+
+def _effective_weights(layer, training):
+    """The w_b a dense layer used: its output on the identity (real input, float path)."""
+    k = layer.in_features
+    return layer.forward(np.eye(k, dtype=np.float32), training=training)
+
+
+def test_stochastic_weights_frequencies_and_deterministic_eval():
+    layer = L.BinaryDense(9, 1, binary_input=False, stochastic_weights=True, rng=5)
+    w = np.array([-1.0, -0.6, -0.2, 0.0, 0.1, 0.5, 0.9, 1.0, 0.3], np.float32)[:, None]
+    layer.params["w"][...] = w
+    n = 4000
+    draws = np.stack([_effective_weights(layer, True) for _ in range(n)])
+    assert set(np.unique(draws)) == {-1.0, 1.0}
+    mean = draws.mean(axis=0)
+    expect = np.clip(w, -1, 1)                       # E[w_b] = 2 hard_sigmoid(w) - 1 = Htanh(w)
+    sd = np.sqrt(np.maximum(1 - expect ** 2, 0) / n)
+    assert np.all(np.abs(mean - expect) <= 5 * sd + 1e-12), (mean.ravel(), expect.ravel())
+    # inference: sign(w), the same every time, and the generator is not used
+    state = layer.rng.bit_generator.state
+    for _ in range(3):
+        assert_exact(_effective_weights(layer, False), np.where(w >= 0, 1.0, -1.0).astype(np.float32))
+    assert layer.rng.bit_generator.state == state
+
+
+def test_stochastic_weights_conv_config_and_seed(tmp_path):
+    a = L.BinaryConv2D(2, 3, 2, stochastic_weights=True, rng=4)
+    assert a.config()["stochastic_weights"] is True
+    assert "stochastic_weights" not in L.BinaryConv2D(2, 3, 2, rng=4).config()
+    x = np.where(np.random.default_rng(1).standard_normal((2, 2, 4, 4)) >= 0, 1.0, -1.0)
+    b = L.layer_from_config("BinaryConv2D", a.config(), rng=4)
+    assert_exact(a.forward(x, training=True), b.forward(x, training=True))   # same stream
+    outs = {a.forward(x, training=True).tobytes() for _ in range(5)}
+    assert len(outs) > 1                                                     # it is random
+    det = a.forward(x, training=False)
+    flt = L.BinaryConv2D(2, 3, 2, backend="float", rng=0)
+    flt.params["w"][...] = a.params["w"]
+    assert_exact(det, flt.forward(x, training=False))
+    # the packed path uses the drawn weights too: same draws as the float path
+    c = L.layer_from_config("BinaryConv2D", dict(a.config(), backend="float"), rng=4)
+    d = L.layer_from_config("BinaryConv2D", dict(a.config(), backend="cpu"), rng=4)
+    assert_exact(c.forward(x, training=True), d.forward(x, training=True))
+
+
+def test_zoo_passes_stochastic_weights():
+    from minibnn import zoo
+    model = zoo.build("cifar10_convnet", width=1 / 64, fc_units=8, stochastic_weights=True)
+    binary = [layer for layer in model if hasattr(layer, "stochastic_weights")]
+    assert binary and all(layer.stochastic_weights for layer in binary)
+    specs = zoo.specs("mnist_mlp", hidden=8, depth=1, stochastic_weights=True)
+    assert all(s.kwargs["stochastic_weights"] for s in specs if s.kind == "BinaryDense")
+    assert not any("stochastic_weights" in s.kwargs for s in zoo.mnist_mlp_specs(hidden=8))
+
+
+# ---------------------------------------------------------------------------
+# the device seam: minibnn.dispatch
+# ---------------------------------------------------------------------------
+
+class FakeDeviceArray:
+    """Stands for a numba.cuda device array: has __cuda_array_interface__, wraps a host
+    array so that a fake twin module can compute with it."""
+
+    def __init__(self, host):
+        self.host = host
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.host.shape, "typestr": self.host.dtype.str, "version": 3}
+
+    shape = property(lambda self: self.host.shape)
+    ndim = property(lambda self: self.host.ndim)
+    dtype = property(lambda self: self.host.dtype)
+
+
+def _fake_twin_module(calls):
+    """A 'device twin' of minibnn.functional: unwraps FakeDeviceArrays, runs the host op,
+    wraps array results again, and records each op name."""
+    import types
+
+    def unwrap(v):
+        if isinstance(v, FakeDeviceArray):
+            return v.host
+        if isinstance(v, tuple):
+            return tuple(unwrap(u) for u in v)
+        return v
+
+    def wrap(v):
+        if isinstance(v, np.ndarray):
+            return FakeDeviceArray(v)
+        if isinstance(v, tuple):
+            return tuple(wrap(u) for u in v)
+        return v
+
+    mod = types.ModuleType("fake_functional_cuda")
+
+    def op(name):
+        fn = getattr(F, name)
+
+        def run(*args, **kw):
+            calls.append(name)
+            out = fn(*unwrap(args), **{k: unwrap(v) for k, v in kw.items()})
+            if name.endswith("_forward") and isinstance(out, tuple):   # (out, host cache)
+                return (wrap(out[0]),) + out[1:]
+            return wrap(out)
+        return run
+
+    for name in F.__all__:
+        if callable(getattr(F, name)):
+            setattr(mod, name, op(name))
+    return mod
+
+
+@pytest.fixture
+def fake_device(monkeypatch):
+    import sys
+    from minibnn import dispatch
+    calls = []
+    monkeypatch.setitem(sys.modules, "fake_functional_cuda", _fake_twin_module(calls))
+    monkeypatch.setitem(dispatch.TWINS, "minibnn.functional", "fake_functional_cuda")
+    dispatch.clear_cache()
+    yield calls
+    dispatch.clear_cache()
+
+
+def test_dispatch_picks_the_module_by_where_arrays_live(fake_device):
+    from minibnn import dispatch
+    from minibnn.kernels import BackendUnavailable
+    x = np.zeros(3)
+    d = FakeDeviceArray(np.zeros(3))
+    assert dispatch.twin(F, x, None, x) is F
+    assert not dispatch.on_device(x) and not dispatch.on_device(None) and not dispatch.on_device(3.0)
+    assert dispatch.on_device(d)
+    assert dispatch.twin(F, d, None, d).__name__ == "fake_functional_cuda"
+    with pytest.raises(TypeError, match="argument 1 is a host array.*mixing host and device"):
+        dispatch.twin(F, d, x)
+    with pytest.raises(BackendUnavailable, match="has no device twin"):
+        dispatch.twin(reference, d)
+
+
+def test_dispatch_unavailable_twin_says_why(monkeypatch):
+    from minibnn import dispatch
+    from minibnn.kernels import BackendUnavailable
+    monkeypatch.setitem(dispatch.TWINS, "minibnn.functional", "minibnn.no_such_twin")
+    dispatch.clear_cache()
+    try:
+        with pytest.raises(BackendUnavailable, match="minibnn.no_such_twin.*cannot be used here"):
+            dispatch.twin(F, FakeDeviceArray(np.zeros(2)))
+        with pytest.raises(BackendUnavailable, match="no_such_twin"):    # remembered
+            dispatch.twin(F, FakeDeviceArray(np.zeros(2)))
+    finally:
+        dispatch.clear_cache()
+
+
+def test_layers_run_through_the_twin(fake_device):
+    """A model whose arrays are 'on the device' runs every op through the twin module and
+    gives the host model's results; nothing calls NumPy on a device array."""
+    def build():
+        return Sequential([L.BinaryDense(6, 4, binary_input=False, rng=0), L.BatchNorm(4),
+                           L.SignActivation(), L.Dropout(0.25, rng=1), L.Dense(4, 3, rng=2)])
+    host, dev = build(), build()
+    for layer in dev:
+        for d in (layer.params, layer.grads, layer.buffers):
+            for k in d:
+                d[k] = FakeDeviceArray(d[k])
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    g = np.random.default_rng(1).standard_normal((5, 3)).astype(np.float32)
+    out_h = host.forward(x)
+    out_d = dev.forward(FakeDeviceArray(x))
+    assert isinstance(out_d, FakeDeviceArray)
+    assert_exact(out_d.host, out_h)
+    assert_exact(dev.backward(FakeDeviceArray(g)).host, host.backward(g))
+    for (n, _, gh, _), (_, _, gd, _) in zip(host.parameters(), dev.parameters()):
+        assert_exact(gd.host, gh, n)
+    for (n, bh), (_, bd) in zip(host.buffers(), dev.buffers()):
+        assert_exact(bd.host, bh, n)
+    for op in ("as_input", "check_finite", "binary_dense_forward", "batchnorm_forward",
+               "running_average", "ste_sign_forward", "dropout_forward", "dense_backward",
+               "ste_sign_backward", "batchnorm_backward", "binary_dense_backward", "copy_into"):
+        assert op in fake_device, op
+
+
+def test_importing_minibnn_does_not_import_numba_cuda():
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np\n"
+            "import minibnn, minibnn.dispatch, minibnn.layers, minibnn.model, minibnn.zoo\n"
+            "m = minibnn.zoo.build('mnist_mlp', hidden=8, depth=1, in_features=4)\n"
+            "m.forward(np.ones((2, 4), np.float32))\n"
+            "assert 'numba.cuda' not in sys.modules, 'numba.cuda imported'\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MINIBNN_BACKEND", "NUMBA_ENABLE_CUDASIM")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_simulator_arrays_count_as_device_arrays():
+    # the CUDA simulator's arrays have no __cuda_array_interface__; numba.cuda knows them
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np\n"
+            "from numba import cuda\n"
+            "from minibnn import dispatch\n"
+            "assert dispatch.on_device(cuda.to_device(np.zeros(3, np.float32)))\n"
+            "assert not dispatch.on_device(np.zeros(3)) and not dispatch.on_device([1.0])\n")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -287,3 +287,111 @@ def test_loss_shapes_and_error_rate():
     np.testing.assert_allclose(grad.sum(axis=1), 0, atol=1e-7)
     with pytest.raises(ValueError, match="n_classes=4"):
         losses.squared_hinge(s, y, 4)
+
+
+# ---------------------------------------------------------------------------
+# load: checked before anything is allocated
+# ---------------------------------------------------------------------------
+
+def _arch(*layers):
+    return np.array(json.dumps([{"class": c, "config": cfg} for c, cfg in layers]))
+
+
+def test_load_refuses_a_huge_declared_layer_without_allocating(tmp_path):
+    # the architecture claims a 10**6 x 10**6 layer (7.28 TiB as float64 init): refused
+    # from the declared shapes, before a layer is built
+    path = tmp_path / "huge.npz"
+    np.savez(path, format_version=np.array(FORMAT_VERSION),
+             architecture=_arch(("BinaryDense", {"in_features": 10 ** 6, "out_features": 10 ** 6})),
+             **{"0.w": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match=r"huge.npz: the architecture declares 1000000000000 "):
+        Sequential.load(path)
+    # within the limit, the stored arrays are checked against it before building
+    np.savez(path, format_version=np.array(FORMAT_VERSION),
+             architecture=_arch(("BinaryDense", {"in_features": 10 ** 4, "out_features": 10 ** 4})),
+             **{"0.w": np.zeros((2, 2), np.float32)})
+    with pytest.raises(ValueError, match=r"huge.npz: entry '0.w' has shape \(2, 2\).*\(10000, 10000\)"):
+        Sequential.load(path)
+
+
+def test_load_refuses_more_than_the_size_limit(tmp_path, monkeypatch):
+    import minibnn.model as M
+    path = tmp_path / "m.npz"
+    mlp().save(path)
+    monkeypatch.setattr(M, "MAX_LOAD_ELEMENTS", 1000)
+    with pytest.raises(ValueError, match="declares 1552 parameter and buffer values.*MAX_LOAD_ELEMENTS"):
+        Sequential.load(path)
+
+
+def test_load_refuses_a_forged_array_header(tmp_path):
+    # an entry whose .npy header claims far more data than the member holds: refused
+    # from the header, before numpy allocates the claimed array
+    import zipfile
+    good = tmp_path / "good.npz"
+    mlp().save(good)
+    bad = tmp_path / "forged.npz"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "0.w.npy":
+                data = data.replace(b"(16, 64)", b"(16, 64000000000)")
+            zout.writestr(item, data)
+    with pytest.raises(ValueError, match=r"forged.npz: entry '0.w' claims shape \(16, 64000000000\)"):
+        Sequential.load(bad)
+
+
+@pytest.mark.parametrize("arch,match", [
+    (_arch(("BinaryDense", {"in_features": 0, "out_features": 3})), r"layer 0: in_features must be"),
+    (_arch(("BinaryDense", {"in_features": 3, "out_features": 2, "colour": 1})), r"layer 0: bad config"),
+    (_arch(("Flatten", {}), ("Nope", {})), r"layer 1: unknown layer class 'Nope'"),
+    (np.array("[1, 2]"), r"architecture must be a list"),
+    (np.array(["[]", "[]"]), r"architecture must be one string"),
+    (np.array(3), r"architecture must be one string"),
+])
+def test_load_names_the_file_for_bad_architectures(tmp_path, arch, match):
+    path = tmp_path / "bad.npz"
+    np.savez(path, format_version=np.array(FORMAT_VERSION), architecture=arch)
+    with pytest.raises(ValueError, match=rf"bad.npz: .*{match}"):
+        Sequential.load(path)
+
+
+def test_load_error_names_the_file_for_non_json(tmp_path):
+    path = tmp_path / "nojson.npz"
+    np.savez(path, format_version=np.array(FORMAT_VERSION), architecture=np.array("{not json"))
+    with pytest.raises(ValueError, match=r"nojson.npz: architecture is not valid JSON"):
+        Sequential.load(path)
+
+
+def test_save_is_atomic_and_leaves_no_temporary(tmp_path, monkeypatch):
+    model = mlp()
+    target = tmp_path / "m.npz"
+    model.save(target)
+    before = target.read_bytes()
+
+    class Boom(Exception):
+        pass
+
+    def half_a_file(f, **arrays):
+        f.write(b"PK half a file")
+        raise Boom("disk full")
+
+    # a failure while writing leaves the old file and no .tmp-* behind
+    monkeypatch.setattr(np, "savez", half_a_file)
+    with pytest.raises(Boom):
+        model.save(target)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["m.npz"] and target.read_bytes() == before
+    with pytest.raises(IsADirectoryError):
+        mlp().save(tmp_path)
+
+
+def test_saved_models_of_every_backend_setting_load(tmp_path):
+    # None (default kernels), "float", a kernel name: all round-trip through the file
+    x, _ = blobs(0, 6)
+    for backend in (None, "float", "reference"):
+        model = mlp(backend=backend)
+        model.forward(x)
+        model.save(tmp_path / "m.npz")
+        loaded = Sequential.load(tmp_path / "m.npz")
+        assert loaded[3].backend == backend
+        assert_exact(loaded.forward(x, training=False), model.forward(x, training=False))

@@ -1,6 +1,7 @@
 """Packed inference (minibnn.packed): folded thresholds, XNOR-only runs, identical to the
 float model; the .bnn file format; the summary table; the export/eval/summary CLI."""
 
+import importlib
 import io
 import json
 import struct
@@ -20,7 +21,7 @@ from minibnn.data import load_dataset, scale_to_pm1
 from minibnn.layers import (BatchNorm, BinaryConv2D, BinaryDense, Dense, Dropout, Flatten,
                             HardTanh, MaxPool2D, ShiftBatchNorm, SignActivation)
 from minibnn.model import Sequential
-from minibnn import packed as packed_mod
+EXPORT_MOD = importlib.import_module("minibnn.packed.export")   # packed.export is the function
 from minibnn.packed import (PackedModel, bitplane_dense, export, fold_thresholds,
                             pack_bitplanes, pixels_from_input, threshold_pack)
 from minibnn.summary import summarize, summary
@@ -199,10 +200,11 @@ def test_bitplane_popcount_formula(n, k, f, seed):
     assert np.array_equal(s_int, pw)
     exact_u = (2 * p.astype(np.int64) - 255) @ w.astype(np.int64)
     assert np.array_equal(u, exact_u)
-    for backend in BACKENDS:                       # fused CPU kernel and the generic path
+    for backend in BACKENDS:                       # fused CPU kernel and the other backends
         prep = kernels.prepare_weights(words, k, backend=backend)
-        assert np.array_equal(packed_mod._bitplane_dense_u(p, prep, k, backend), exact_u)
-        assert np.array_equal(packed_mod._bitplane_dense_u(p, prep, k, backend, rows=2), exact_u)
+        pl = kernels.pack_bitplanes(p, backend=backend)
+        assert np.array_equal(kernels.bitplane_gemm(pl, prep, k, backend=backend), exact_u)
+        assert np.array_equal(kernels.bitplane_gemm(pl, words, k, backend=backend), exact_u)
 
 
 def test_pixels_round_trip_and_reject():
@@ -279,7 +281,7 @@ def test_mlp_bitplane_equals_exact_first_layer(hidden, depth, in_features, bn, b
     want = bitplane_reference(model, p)
     assert np.array_equal(packed.scores(x), want)
     assert np.array_equal(packed.scores(p), want)                   # uint8 pixels directly
-    with mock.patch.object(packed_mod, "EXHAUSTIVE_LIMIT", 0):      # bisection instead
+    with mock.patch.object(EXPORT_MOD, "EXHAUSTIVE_LIMIT", 0):      # bisection instead
         bis = PackedModel.from_model(model, first_layer="bitplane")
     for k in packed.arrays:
         assert np.array_equal(bis.arrays[k], packed.arrays[k])

@@ -4,6 +4,7 @@ Layout under a data directory ``ROOT`` (the same one the fetch scripts write)::
 
     ROOT/mnist/                 train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz],
                                 t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]
+    ROOT/fashion-mnist/         the same four names (Zalando's Fashion-MNIST files)
     ROOT/cifar-10-batches-bin/  data_batch_1.bin .. data_batch_5.bin, test_batch.bin,
                                 batches.meta.txt (optional)
     ROOT/svhn/                  train_32x32.mat, test_32x32.mat, extra_32x32.mat (optional)
@@ -17,13 +18,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ENV_VAR", "SUBDIRS", "data_dir", "default_data_dir", "fetch_hint"]
+__all__ = ["ENV_VAR", "SUBDIRS", "data_dir", "default_data_dir", "fetch_hint",
+           "offline_hint"]
 
 #: Environment variable naming the data directory.
 ENV_VAR = "MINIBNN_DATA"
 
 #: Sub-directory of the data directory for each dataset.
-SUBDIRS = {"mnist": "mnist", "cifar10": "cifar-10-batches-bin", "svhn": "svhn"}
+SUBDIRS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist",
+           "cifar10": "cifar-10-batches-bin", "svhn": "svhn"}
 
 
 def default_data_dir() -> Path:
@@ -68,14 +71,34 @@ def data_dir(path: str | os.PathLike[str] | None = None) -> Path:
     return chosen.expanduser().absolute()
 
 
+def _script(dataset: str) -> str:
+    return f"data_scripts/fetch_{dataset.replace('-', '_')}.py"
+
+
 def fetch_hint(dataset: str, root: Path) -> str:
-    """One-paragraph instruction on how to get ``dataset`` into ``root``."""
-    script = {"mnist": "fetch_mnist.py", "cifar10": "fetch_cifar10.py",
-              "svhn": "fetch_svhn.py"}[dataset]
+    """One-paragraph instruction on how to get ``dataset`` into ``root``.
+
+    Names the installed command (``minibnn fetch``), its ``--from`` import of
+    a local copy, the equivalent checkout script, the data-directory settings
+    and the no-download alternative ``--dataset sample``.
+    """
     return (
-        f"To get it, run `python data_scripts/{script} --data-dir {root}` "
-        f"(downloads), or `python data_scripts/{script} --data-dir {root} "
-        f"--from LOCAL_COPY` to import a local copy; or point the "
-        f"{ENV_VAR} environment variable (or the data_dir argument / "
-        f"--data-dir option) at a folder that holds {SUBDIRS[dataset]}/."
+        f"To get it, run `minibnn fetch {dataset} --data-dir {root}` (downloads and "
+        f"verifies; `minibnn train` does this itself unless --no-download is given), "
+        f"or `minibnn fetch {dataset} --data-dir {root} --from COPY` to import a "
+        f"local copy (the same as `python {_script(dataset)} ... --from COPY` in a "
+        f"checkout); or point the {ENV_VAR} environment variable (or the data_dir "
+        f"argument / --data-dir option) at a folder that holds {SUBDIRS[dataset]}/; "
+        f"or try `--dataset sample` (an MNIST subset inside the package, no download)."
+    )
+
+
+def offline_hint(dataset: str, root: Path) -> str:
+    """What to do when downloading ``dataset`` into ``root`` failed (e.g. offline)."""
+    return (
+        f"Without network access: import a copy with `minibnn fetch {dataset} "
+        f"--data-dir {root} --from COPY` (or `python {_script(dataset)} --from COPY`), "
+        f"or point {ENV_VAR} / --data-dir at a folder that holds {SUBDIRS[dataset]}/; "
+        f"pass --no-download to fail at once instead of trying to download; or use "
+        f"`--dataset sample` (an MNIST subset inside the package, no download)."
     )

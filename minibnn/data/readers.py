@@ -1,4 +1,5 @@
-"""Raw, validating readers for the MNIST IDX, CIFAR-10 binary and SVHN .mat files.
+"""Raw, validating readers for the IDX (MNIST, Fashion-MNIST), CIFAR-10 binary,
+SVHN .mat and user .npz files.
 
 Every reader returns uint8 arrays holding exactly the stored values (only the
 memory layout may change), and raises :class:`~minibnn.data.errors.DataError`
@@ -13,9 +14,16 @@ file. The original files therefore are always verified, bit rot included,
 while small files with the same names (tests, subsets) get the structural
 checks only. The MNIST checksum is that of the *uncompressed* IDX bytes, so
 any gzip compressor gives the same answer. Pass ``verify_checksum=False`` to
-skip the check (e.g. for Fashion-MNIST, which reuses MNIST's names and
-sizes). The dataset loaders' ``strict=True`` mode additionally requires the
-standard record counts, which pins the size and hence forces the check.
+skip the check. The dataset loaders' ``strict=True`` mode additionally
+requires the standard record counts, which pins the size and hence forces the
+check.
+
+Fashion-MNIST reuses MNIST's file names and uncompressed sizes, so its files
+are read with ``dataset="fashion-mnist"``, which swaps the table: Zalando
+publishes the MD5 of the *gzip'd* files only, so a ``.gz`` file of the
+distributed size is checked by SHA-256 and MD5 of its bytes as stored
+(:data:`FASHION_MNIST_FILES`); an uncompressed Fashion-MNIST file cannot be
+checked against a published value and gets the structural checks only.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from .errors import DataError
 
 __all__ = [
     "MNIST_FILES",
+    "FASHION_MNIST_FILES",
     "CIFAR10_FILES",
     "CIFAR10_RECORD_BYTES",
     "CIFAR10_BATCH_RECORDS",
@@ -43,7 +52,12 @@ __all__ = [
     "read_idx_labels",
     "read_cifar10_batch",
     "read_cifar10_meta",
+    "parse_cifar10_meta",
     "read_svhn_mat",
+    "check_mat5_structure",
+    "NPZ_REQUIRED",
+    "NPZ_OPTIONAL",
+    "read_npz_arrays",
 ]
 
 # name (uncompressed) -> (uncompressed size in bytes, SHA-256), from the data README.
@@ -56,6 +70,25 @@ MNIST_FILES: dict[str, tuple[int, str]] = {
         7_840_016, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
     "t10k-labels-idx1-ubyte": (
         10_008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+}
+
+# name as distributed (gzip'd) -> (size in bytes, SHA-256, MD5) of the .gz file as stored.
+# The MD5s are the ones Zalando publishes in the Fashion-MNIST README (and torchvision
+# checks). Zalando publishes no SHA-256: these were taken from two independent public
+# repositories that list the same values for the same files; both digests are checked.
+FASHION_MNIST_FILES: dict[str, tuple[int, str, str]] = {
+    "train-images-idx3-ubyte.gz": (
+        26_421_880, "08dc20ab1689590a0bcd66e874647b6ee8464e2d501b5a3f1f78831db19a3fdc",
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+    "train-labels-idx1-ubyte.gz": (
+        29_515, "b0197879cbda89f3dc7b894f9fd52b858e68ea4182b6947c9d8c2b67e5f18dcc",
+        "25c81989df183df01b3e8a0aad5dffbe"),
+    "t10k-images-idx3-ubyte.gz": (
+        4_422_102, "78dcbbfb5a27efaf1b6c1d616caca68560be8766c5bffcb2791df9273a534229",
+        "bef4ecab320f06d8554ea6380940ec79"),
+    "t10k-labels-idx1-ubyte.gz": (
+        5_148, "42bd18137a62d5998cdeae52bf3a0676ac6b706f5cf8439b47bb5b151ae3dccf",
+        "bb300cfdad3c16e7a12a480ee83cd310"),
 }
 
 CIFAR10_RECORD_BYTES = 1 + 3 * 32 * 32  # label byte + R, G, B planes
@@ -133,8 +166,27 @@ def _read_exact(f: BinaryIO, n: int, path: Path, what: str) -> bytes:
     return data
 
 
+def _check_fashion_gz(path: Path, size_on_disk: int) -> None:
+    """Fashion-MNIST's checksum policy: the .gz file as stored (see the module docstring)."""
+    entry = FASHION_MNIST_FILES.get(path.name)
+    if entry is None or entry[0] != size_on_disk:
+        return
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+            md5.update(chunk)
+    for algo, got, want in (("SHA-256", sha.hexdigest(), entry[1]),
+                            ("MD5", md5.hexdigest(), entry[2])):
+        if got != want:
+            raise DataError(
+                f"{path}: {algo} mismatch for Fashion-MNIST's {path.name}: got {got}, "
+                f"the published value is {want}; the file is corrupt or is not the "
+                f"original (re-fetch it with `minibnn fetch fashion-mnist`)")
+
+
 def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None,
-             *, verify_checksum: bool = True) -> np.ndarray:
+             *, verify_checksum: bool = True, dataset: str = "mnist") -> np.ndarray:
     """Read an IDX file of unsigned bytes (plain or gzip'd).
 
     Parameters
@@ -144,7 +196,9 @@ def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None,
     expected_magic : int, optional
         Required magic number, e.g. 2051 (images) or 2049 (labels).
     verify_checksum : bool, default True
-        Apply the module's checksum policy for known MNIST file names.
+        Apply the module's checksum policy for the dataset's known file names.
+    dataset : {"mnist", "fashion-mnist"}, default "mnist"
+        Whose checksum table applies (the two share file names and sizes).
 
     Returns
     -------
@@ -159,6 +213,8 @@ def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None,
         (truncated) or longer (trailing bytes) than the dimensions say,
         corrupt gzip stream, or checksum mismatch.
     """
+    if dataset not in ("mnist", "fashion-mnist"):
+        raise ValueError(f"dataset must be 'mnist' or 'fashion-mnist', got {dataset!r}")
     path = Path(path)
     try:
         size_on_disk = path.stat().st_size
@@ -219,7 +275,10 @@ def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None,
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from e
 
-    if verify_checksum:
+    if verify_checksum and dataset == "fashion-mnist":
+        if gz:
+            _check_fashion_gz(path, size_on_disk)
+    elif verify_checksum:
         def digest() -> str:
             h = hashlib.sha256(head)
             h.update(dims_raw)
@@ -229,8 +288,8 @@ def read_idx(path: str | os.PathLike[str], expected_magic: int | None = None,
     return data.reshape(dims)
 
 
-def read_idx_images(path: str | os.PathLike[str], *,
-                    verify_checksum: bool = True) -> np.ndarray:
+def read_idx_images(path: str | os.PathLike[str], *, verify_checksum: bool = True,
+                    dataset: str = "mnist") -> np.ndarray:
     """Read an IDX image file (magic 2051), e.g. ``train-images-idx3-ubyte[.gz]``.
 
     Returns
@@ -243,11 +302,12 @@ def read_idx_images(path: str | os.PathLike[str], *,
     DataError
         See :func:`read_idx`.
     """
-    return read_idx(path, IDX_IMAGES_MAGIC, verify_checksum=verify_checksum)
+    return read_idx(path, IDX_IMAGES_MAGIC, verify_checksum=verify_checksum,
+                    dataset=dataset)
 
 
 def read_idx_labels(path: str | os.PathLike[str], *, n_classes: int | None = 10,
-                    verify_checksum: bool = True) -> np.ndarray:
+                    verify_checksum: bool = True, dataset: str = "mnist") -> np.ndarray:
     """Read an IDX label file (magic 2049), e.g. ``train-labels-idx1-ubyte[.gz]``.
 
     Parameters
@@ -266,7 +326,8 @@ def read_idx_labels(path: str | os.PathLike[str], *, n_classes: int | None = 10,
         See :func:`read_idx`; also labels out of range.
     """
     path = Path(path)
-    labels = read_idx(path, IDX_LABELS_MAGIC, verify_checksum=verify_checksum)
+    labels = read_idx(path, IDX_LABELS_MAGIC, verify_checksum=verify_checksum,
+                      dataset=dataset)
     _check_label_range(path, labels, 0, n_classes)
     return labels
 
@@ -364,9 +425,20 @@ def read_cifar10_meta(path: str | os.PathLike[str]) -> tuple[str, ...]:
         raise DataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read as text: {e}") from e
+    return parse_cifar10_meta(text, path)
+
+
+def parse_cifar10_meta(text: str, where: object = "batches.meta.txt") -> tuple[str, ...]:
+    """The 10 class names of ``batches.meta.txt``'s text (blank lines ignored).
+
+    Raises
+    ------
+    DataError
+        Not exactly 10 non-empty lines; the message starts with ``where``.
+    """
     names = tuple(line.strip() for line in text.splitlines() if line.strip())
     if len(names) != 10:
-        raise DataError(f"{path}: expected 10 class names (one per line), "
+        raise DataError(f"{where}: expected 10 class names (one per line), "
                         f"found {len(names)}")
     return names
 
@@ -396,7 +468,9 @@ def read_svhn_mat(path: str | os.PathLike[str], *,
     Raises
     ------
     DataError
-        Missing or unreadable file, missing ``X``/``y``, wrong shapes or
+        Missing or unreadable file, a bad MATLAB v5 header or an element that
+        claims more bytes than the file holds (:func:`check_mat5_structure`),
+        missing ``X``/``y``, wrong shapes or
         dtypes, count mismatch between ``X`` and ``y`` or with
         ``expected_records``, labels outside 1..10.
     """
@@ -405,6 +479,10 @@ def read_svhn_mat(path: str | os.PathLike[str], *,
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    # scipy trusts the size an element claims: one that claims more bytes than
+    # the file holds makes it skip to the end and report the later variables as
+    # missing, which hides the real problem (a truncated or corrupt file).
+    check_mat5_structure(path)
     try:
         mat = scipy.io.loadmat(path, variable_names=["X", "y"])
     except NotImplementedError as e:  # MATLAB v7.3 (HDF5) files
@@ -434,3 +512,204 @@ def read_svhn_mat(path: str | os.PathLike[str], *,
     y = (y % 10).astype(np.uint8)  # SVHN stores the digit 0 as label 10
     x = np.ascontiguousarray(X.transpose(3, 2, 0, 1))
     return x, y
+
+
+# ---------------------------------------------------------------- MATLAB v5 structure
+
+_MAT_HEADER_BYTES = 128
+_MI_MATRIX = 14  # an array; its sub-elements are each padded to 8 bytes
+_MAT_VERSION_5 = 0x0100
+_MAT_VERSION_73 = 0x0200  # MATLAB 7.3: an HDF5 file behind a v5-like header
+
+
+def check_mat5_structure(path: str | os.PathLike[str]) -> None:
+    """Check a MATLAB v5 ``.mat`` file's header and element sizes before parsing it.
+
+    A v5 file is a 128-byte header (text, subsystem offset, version 0x0100,
+    endian indicator ``IM`` or ``MI``) followed by data elements, each an
+    8-byte tag (type, byte count) and that many bytes, or a "small" element
+    whose tag holds up to 4 data bytes. Every top-level element must fit in
+    the file, and every sub-element of an uncompressed array (``miMATRIX``)
+    must fit in its array; compressed elements are checked by their
+    compressed size (their content is checked by the parser).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.mat`` file.
+
+    Raises
+    ------
+    DataError
+        File shorter than the header, not a v5 header (bad endian indicator or
+        version; MATLAB 7.3 files are HDF5 and not supported), a truncated tag,
+        or an element claiming more bytes than the file (or its enclosing
+        array) holds.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(_MAT_HEADER_BYTES)
+            if len(head) < _MAT_HEADER_BYTES:
+                raise DataError(f"{path}: not a readable .mat file: {size} bytes, too "
+                                f"short for the 128-byte MATLAB v5 header (truncated, or "
+                                f"not a .mat file)")
+            endian = {b"IM": "<", b"MI": ">"}.get(head[126:128])
+            if endian is None:
+                raise DataError(f"{path}: not a readable .mat file: no MATLAB v5 header "
+                                f"(its endian indicator is {head[126:128]!r}, expected "
+                                f"b'IM' or b'MI')")
+            version = int.from_bytes(head[124:126], "little" if endian == "<" else "big")
+            if version == _MAT_VERSION_73:
+                raise DataError(f"{path}: MATLAB 7.3 (HDF5) .mat files are not "
+                                f"supported; SVHN's files are MATLAB v5")
+            if version != _MAT_VERSION_5:
+                raise DataError(f"{path}: not a readable .mat file: unknown version "
+                                f"{version:#06x} in the header, expected 0x0100 (MATLAB v5)")
+            _check_mat_elements(f, path, endian, _MAT_HEADER_BYTES, size, None)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from e
+
+
+def _check_mat_elements(f: BinaryIO, path: Path, endian: str, start: int, end: int,
+                        parent: int | None) -> None:
+    """Walk the element tags in [start, end) of ``f``; each element must fit."""
+    where = ("file" if parent is None else f"array element at byte {parent}")
+    ends = (f"the file is {end} bytes long" if parent is None
+            else f"that array ends at byte {end}")
+    off = start
+    while off < end:
+        f.seek(off)
+        tag = f.read(8)
+        if len(tag) < 8 or end - off < 8:
+            raise DataError(f"{path}: truncated: {end - off} byte(s) at byte {off} where "
+                            f"an 8-byte .mat element tag should be ({ends})")
+        first = int.from_bytes(tag[:4], "little" if endian == "<" else "big")
+        if first >> 16:
+            # small data element: type in the low, byte count in the high half-word
+            off += 8
+            continue
+        mtype = first
+        nbytes = int.from_bytes(tag[4:], "little" if endian == "<" else "big")
+        room = end - off - 8
+        if nbytes > room:
+            raise DataError(
+                f"{path}: the .mat element at byte {off} claims {nbytes} bytes, but "
+                f"only {room} bytes follow it in the {where} ({ends}): the file is "
+                f"truncated or corrupt")
+        if parent is None and mtype == _MI_MATRIX:
+            _check_mat_elements(f, path, endian, off + 8, off + 8 + nbytes, off)
+        step = nbytes if parent is None else (nbytes + 7) // 8 * 8
+        off += 8 + step
+
+
+# ---------------------------------------------------------------- user .npz
+
+#: Arrays a dataset ``.npz`` must hold, and those it may hold.
+NPZ_REQUIRED = ("x_train", "y_train", "x_test", "y_test")
+NPZ_OPTIONAL = ("x_val", "y_val", "class_names")
+
+
+def read_npz_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """Read a dataset ``.npz`` (never unpickling), checking its structure.
+
+    The archive must hold :data:`NPZ_REQUIRED` and may hold
+    :data:`NPZ_OPTIONAL`; any other name is an error (a misspelt
+    ``X_train`` should not be ignored). Each member's ``.npy`` header is read
+    first and its claimed size compared with what the archive can hold, so a
+    corrupt header cannot make numpy allocate gigabytes. Object arrays
+    (pickles) are refused. The arrays' dtypes, shapes and values are checked
+    by :meth:`minibnn.data.Dataset.from_arrays`.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file (``np.savez`` / ``np.savez_compressed``).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The arrays present, as stored.
+
+    Raises
+    ------
+    DataError
+        Missing file, not a zip archive, a single ``.npy``, unknown or missing
+        array names, object (pickled) arrays, a header claiming more data than
+        the member holds, or a corrupt member.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" if not path.exists()
+                        else f"{path}: not a file")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if magic == b"\x93NUMPY":
+            raise DataError(f"{path}: a single .npy array, expected an .npz archive "
+                            f"holding {', '.join(NPZ_REQUIRED)} (np.savez)")
+        with zipfile.ZipFile(path) as zf:
+            infos = {i.filename: i for i in zf.infolist()}
+            names = {n[:-4] if n.endswith(".npy") else n: i for n, i in infos.items()}
+            unknown = sorted(set(names) - set(NPZ_REQUIRED) - set(NPZ_OPTIONAL))
+            if unknown:
+                raise DataError(f"{path}: unexpected array(s) {', '.join(unknown)}; a "
+                                f"dataset .npz holds {', '.join(NPZ_REQUIRED)} and "
+                                f"optionally {', '.join(NPZ_OPTIONAL)}")
+            missing = [n for n in NPZ_REQUIRED if n not in names]
+            if missing:
+                raise DataError(f"{path}: array(s) {', '.join(missing)} missing; a dataset "
+                                f".npz holds {', '.join(NPZ_REQUIRED)} and optionally "
+                                f"{', '.join(NPZ_OPTIONAL)}")
+            out = {}
+            for key, info in names.items():
+                out[key] = _read_npz_member(zf, info, path, key)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npz archive: {type(e).__name__}: "
+                        f"{e}") from e
+    return out
+
+
+def _read_npz_member(zf, info, path: Path, key: str) -> np.ndarray:
+    fmt = np.lib.format
+    # What the member can really hold: a stored member is its compressed size,
+    # a deflated one at most _MAX_DEFLATE_RATIO times that.
+    bound = info.compress_size * (1 if info.compress_type == 0 else _MAX_DEFLATE_RATIO)
+    if info.file_size > bound + 1024:
+        raise DataError(f"{path}: array {key!r}: the archive claims {info.file_size} "
+                        f"bytes for {info.compress_size} stored bytes; the file is corrupt")
+    with zf.open(info) as f:
+        try:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = fmt.read_array_header_2_0(f)
+        except ValueError as e:
+            raise DataError(f"{path}: array {key!r} is not a valid .npy member: {e}") from e
+        if dtype.hasobject:
+            raise DataError(f"{path}: array {key!r} holds Python objects (dtype "
+                            f"{dtype}), which would need unpickling and are never "
+                            f"loaded; save plain numeric (or string) arrays")
+        count = 1
+        for d in shape:
+            count *= d
+        nbytes = count * dtype.itemsize
+        header_len = f.tell()
+        if nbytes > info.file_size - header_len:
+            raise DataError(
+                f"{path}: array {key!r}: its header claims shape {shape} of {dtype} "
+                f"({nbytes} bytes), but the member holds only "
+                f"{max(info.file_size - header_len, 0)} bytes: the file is truncated "
+                f"or corrupt")
+        try:
+            return fmt.read_array(zf.open(info), allow_pickle=False)
+        except (ValueError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: array {key!r} cannot be read: {e}") from e

@@ -35,12 +35,50 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from .. import checks
+
 WORD_BITS = 64
+#: largest logical K: every product is an int32 in [-K, K]
+MAX_K = 2 ** 31 - 1
 
 
 def n_words(k):
     """Number of uint64 words holding ``k`` bits: ``ceil(k / 64)``."""
     return (int(k) + WORD_BITS - 1) // WORD_BITS
+
+
+def check_k(k, name="k", words=None, words_name="words"):
+    """``int(k)`` for an integer ``1 <= k <= MAX_K`` (``TypeError`` / ``ValueError``).
+
+    With ``words`` (the word count W of a packed operand), also require
+    ``64 * (W - 1) < k <= 64 * W``, i.e. ``W == ceil(k / 64)`` (convention 4).
+    """
+    k = checks.check_int(k, name, minimum=1, maximum=MAX_K)
+    if words is not None and words != n_words(k):
+        raise ValueError(f"{words_name} has {words} words per row but {name}={k} needs "
+                         f"ceil({name}/64)={n_words(k)} (64*(W-1) < {name} <= 64*W)")
+    return k
+
+
+def check_padding_bits(words, k, name="words"):
+    """Raise ``ValueError`` naming ``name`` unless the padding bits of ``words`` are zero.
+
+    words : (..., W) uint64 with ``W == ceil(k / 64)``; only the last word of each row has
+    padding bits (the ``64 * W - k`` high bits, convention 4).  A nonzero padding bit
+    would count in every popcount and silently shift the result, so packed words that
+    come from outside (the public API, a ``.bnn`` file) are checked here.  Cost: one pass
+    over the last word column, ``O(rows)`` against the GEMM's ``O(rows * N * W)``.
+    """
+    rem = int(k) % WORD_BITS
+    if rem == 0 or words.size == 0:
+        return
+    last = words[..., -1]
+    if np.any(last >> np.uint64(rem)):
+        bad = [int(i) for i in np.argwhere(last >> np.uint64(rem))[0]]
+        where = "" if not bad else f" (row {bad[0] if len(bad) == 1 else tuple(bad)})"
+        raise ValueError(f"{name} has nonzero padding bits{where}: with k={k} the top "
+                         f"{WORD_BITS - rem} bits of the last word must be 0 (convention 4 "
+                         "in minibnn.kernels.bitpack)")
 
 
 # ---------------------------------------------------------------------------
@@ -189,7 +227,7 @@ def _columns_input(x, what):
         raise ValueError(f"{what}: x must be 2-D (K, F), got shape {x.shape}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"{what}: x has shape {x.shape}; K and F must be >= 1")
-    x = _as_real_array(x)
+    x = as_pack_input(x)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)
     x = np.ascontiguousarray(x)
@@ -230,12 +268,11 @@ def pack_columns(x):
 def sign_f32(x):
     """sign(x) as a float32 array of +-1 (sign(0) = +1, sign(-0.0) = +1), same shape.
 
-    One parallel pass (NaN detected in the same pass).  Raises ``ValueError`` on NaN,
-    ``TypeError`` for a non-real dtype.
+    Two parallel passes over float32/float64 input: the NaN test (:func:`has_nan`, an
+    integer max reduction that vectorizes) and the sign loop.  Raises ``ValueError`` on
+    NaN, ``TypeError`` for a non-real dtype.
     """
-    x = np.asarray(x)
-    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise TypeError(f"sign: x must be a real array, got dtype {x.dtype}")
+    x = checks.real_array(x, "sign: x")
     if x.dtype not in (np.float32, np.float64):
         if np.issubdtype(x.dtype, np.floating) and np.isnan(x).any():
             raise ValueError("sign: input contains NaN, which has no sign")
@@ -259,15 +296,30 @@ def _unpack_rows(words, k, out):
             out[r, j] = np.float32(1.0) if bit else np.float32(-1.0)
 
 
-def _as_real_array(x, name="x"):
-    x = np.asarray(x)
-    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise TypeError(f"{name} must be a real (float or integer) array, got dtype {x.dtype}")
+def as_pack_input(x, name="x"):
+    """``x`` as a real array with at least one axis and K >= 1 along the last one: what
+    every packer (CPU, reference, CUDA) accepts.  ``TypeError`` for a non-real dtype,
+    ``ValueError`` for a scalar or K = 0."""
+    x = checks.real_array(x, name)
     if x.ndim < 1:
         raise ValueError(f"{name} must have at least one axis (the K axis to pack), got a scalar")
     if x.shape[-1] == 0:
         raise ValueError(f"{name} has K = 0 along its last axis: nothing to pack")
     return x
+
+
+def pack_rows_input(x, name="x"):
+    """Validated input of a packer -> ``(lead shape, (R, K) float32/float64 C-contiguous)``.
+
+    Integers and float16 are converted (the sign is preserved exactly): integers and
+    8-byte types to float64, float16 to float32.
+    """
+    x = as_pack_input(x, name)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64 if x.dtype.itemsize > 4 or np.issubdtype(x.dtype, np.integer)
+                     else np.float32)
+    K = x.shape[-1]
+    return x.shape[:-1], np.ascontiguousarray(x).reshape(-1, K)
 
 
 def pack(x):
@@ -284,13 +336,8 @@ def pack(x):
 
     Raises ``TypeError`` for a non-real dtype, ``ValueError`` for K = 0 or NaN.
     """
-    x = _as_real_array(x)
-    lead = x.shape[:-1]
-    K = x.shape[-1]
-    if x.dtype not in (np.float32, np.float64):
-        # integers and float16 are converted; the sign is preserved exactly
-        x = x.astype(np.float64 if x.dtype.itemsize > 4 or np.issubdtype(x.dtype, np.integer) else np.float32)
-    x2d = np.ascontiguousarray(x).reshape(-1, K)
+    lead, x2d = pack_rows_input(x)
+    K = x2d.shape[1]
     out = np.empty((x2d.shape[0], n_words(K)), dtype=np.uint64)
     if x2d.shape[0] and _pack_rows(x2d, out):
         raise ValueError("pack: input contains NaN, which has no sign")
@@ -312,7 +359,7 @@ def unpack(words, k):
     words = np.asarray(words)
     if words.dtype != np.uint64:
         raise TypeError(f"unpack: words must be uint64, got {words.dtype}")
-    k = _check_k(k)
+    k = check_k(k)
     if words.ndim < 1 or words.shape[-1] != n_words(k):
         raise ValueError(
             f"unpack: last axis of words has {words.shape[-1] if words.ndim else 0} words, "
@@ -324,11 +371,3 @@ def unpack(words, k):
         _unpack_rows(w2d, k, out)
     return out.reshape(lead + (k,))
 
-
-def _check_k(k):
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
-        raise TypeError(f"k must be an integer, got {type(k).__name__}")
-    k = int(k)
-    if k <= 0:
-        raise ValueError(f"k must be >= 1, got {k}")
-    return k

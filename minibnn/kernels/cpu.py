@@ -3,8 +3,9 @@
 Two GEMM kernels live here:
 
 * :func:`gemm_simple` -- the portable baseline: ``prange`` over rows, a scalar
-  ``popcount(a ^ b)`` loop over words.  Kept as the fallback and the baseline row of
-  the benchmark table.
+  ``popcount(a ^ b)`` loop over words.  No production path calls it: it is the baseline
+  row of ``benchmarks/bench_kernels.py`` and a second, simpler twin of the fast kernel in
+  the tests.
 * :func:`gemm_panels` -- the fast kernel.  The weights are pre-arranged
   (:func:`prepare_weights`) in *column panels* of 8 output columns, word-interleaved:
   ``panels[p, w, j]`` is word ``w`` of column ``8 p + j``.  A register-tiled micro-kernel
@@ -13,6 +14,10 @@ Two GEMM kernels live here:
   vectors, and does ``xor -> ctpop -> add`` on whole 512-bit vectors with no horizontal
   sums (``vpxorq / vpopcntq / vpaddq`` on AVX-512 VPOPCNTDQ machines; LLVM lowers the same
   IR to narrower instructions elsewhere, so it stays correct on any x86-64/ARM CPU).
+
+Packed inference kernels (:func:`threshold_pack`, :func:`pack_bitplanes`,
+:func:`bitplane_gemm`, the fused bit-plane GEMM on the same micro-kernels) are here too;
+their NumPy twins are in :mod:`minibnn.kernels.reference`.
 
 All functions here take already validated, C-contiguous arrays; the checks are in
 :mod:`minibnn.kernels` (the public API).  Binary conventions:
@@ -30,7 +35,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .bitpack import n_words, popcount64, pack as _pack
+from .bitpack import check_padding_bits, n_words, popcount64, pack as _pack
+from .geometry import conv_output_size, padding_correction
 from .prepared import PreparedWeights
 
 PANEL = 8          # output columns per panel: one 512-bit vector of uint64 words
@@ -75,6 +81,19 @@ def prepare_weights(b_words, k):
     padded[:N] = b_words
     panels = np.ascontiguousarray(padded.reshape(NP, PANEL, W).transpose(0, 2, 1))
     return PreparedWeights("cpu", panels, N, k)
+
+
+def check_prepared(pw):
+    """``ValueError`` unless ``pw.data`` is the panel layout :func:`prepare_weights` makes
+    for ``pw.n`` columns of ``pw.k`` bits (the GEMM trusts it: Numba does not bounds-check)."""
+    d = pw.data
+    want = ((pw.n + PANEL - 1) // PANEL, n_words(pw.k), PANEL)
+    if not (isinstance(d, np.ndarray) and d.dtype == np.uint64 and d.shape == want
+            and d.flags.c_contiguous):
+        got = f"{type(d).__name__} {getattr(d, 'dtype', '')} {getattr(d, 'shape', '')}"
+        raise ValueError(f"prepared weights: data must be C-contiguous uint64 panels of shape "
+                         f"{want} for n={pw.n}, k={pw.k}; got {got}")
+    check_padding_bits(d.transpose(0, 2, 1), pw.k, "prepared weights")  # (NP, 8, W) view
 
 
 def _make_tile(R, P):
@@ -340,26 +359,6 @@ def _subtract_border(out, qs, corr):
             out[n, f, qs[i]] -= corr[i, f]
 
 
-def padding_correction(w_sign_sums, H, W, stride, padding, Ho, Wo):
-    """Border correction of a packed convolution with zero padding.
-
-    ``w_sign_sums``: (F, KH, KW) int = sum over channels of sign(w).  Border pixels were
-    packed as +1, so each tap that fell on the border added ``S[f, kh, kw]`` where a zero
-    adds nothing.  Returns ``(qs, corr)``: ``qs`` (B,) int64 the flat output positions
-    ``oh * Wo + ow`` that touch the border, ``corr`` (B, F) int32 what to subtract there.
-    """
-    F, KH, KW = w_sign_sums.shape
-    ih = np.arange(Ho)[:, None] * stride + np.arange(KH)[None, :] - padding   # (Ho, KH)
-    iw = np.arange(Wo)[:, None] * stride + np.arange(KW)[None, :] - padding   # (Wo, KW)
-    out_h = (ih < 0) | (ih >= H)
-    out_w = (iw < 0) | (iw >= W)
-    on_border = out_h[:, None, :, None] | out_w[None, :, None, :]             # (Ho, Wo, KH, KW)
-    on_border = on_border.reshape(Ho * Wo, KH * KW)
-    qs = np.flatnonzero(on_border.any(axis=1))
-    corr = on_border[qs].astype(np.int32) @ w_sign_sums.reshape(F, KH * KW).T.astype(np.int32)
-    return qs, np.ascontiguousarray(corr, dtype=np.int32)
-
-
 def pack_conv_weights(w):
     """w (F, C, KH, KW) real -> (F, KH * KW * ceil(C/64)) uint64 in the im2col K order,
     plus S (F, KH, KW) int32 = sum_c sign(w[f, c, kh, kw])."""
@@ -379,8 +378,8 @@ def binary_conv2d(x, w, stride, padding):
     """
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
-    Ho = (H + 2 * padding - KH) // stride + 1
-    Wo = (W + 2 * padding - KW) // stride + 1
+    Ho = conv_output_size(H, KH, stride, padding)
+    Wo = conv_output_size(W, KW, stride, padding)
     P = Ho * Wo
     Wc = n_words(C)
     Kw = KH * KW * Wc
@@ -397,3 +396,130 @@ def binary_conv2d(x, w, stride, padding):
     if qs.size:
         _subtract_border(out, qs, corr)
     return out.reshape(N, F, Ho, Wo)
+
+
+# ---------------------------------------------------------------------------
+# Packed inference: threshold + pack, bit planes, fused bit-plane GEMM
+# ---------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _threshold_pack_kernel(s, t, out):
+    """s (N, D) int32, t (D,) int32 -> out (N, ceil(D/64)) uint64: bit d = s[n, d] >= t[d]."""
+    N, D = s.shape
+    W = out.shape[1]
+    full = D // 64
+    for n in prange(N):
+        for w in range(full):
+            base = w * 64
+            word = np.uint64(0)
+            for j in range(64):
+                if s[n, base + j] >= t[base + j]:
+                    word |= np.uint64(1) << np.uint64(j)
+            out[n, w] = word
+        if full < W:
+            base = full * 64
+            word = np.uint64(0)
+            for j in range(D - base):
+                if s[n, base + j] >= t[base + j]:
+                    word |= np.uint64(1) << np.uint64(j)
+            out[n, full] = word
+
+
+def threshold_pack(s, t):
+    """s (N, D) int32, t (D,) int32, C-contiguous -> (N, ceil(D/64)) uint64 bits of s >= t.
+    See :func:`minibnn.kernels.threshold_pack`."""
+    out = np.empty((s.shape[0], n_words(s.shape[1])), dtype=np.uint64)
+    if s.shape[0]:
+        _threshold_pack_kernel(s, t, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _bitplane_kernel(p, out):
+    """p (N, K) uint8 -> out (8, N, ceil(K/64)) uint64: bit k of plane b = bit b of p[., k]."""
+    N, K = p.shape
+    W = out.shape[2]
+    for r in prange(N):
+        acc = np.zeros(8, dtype=np.uint64)
+        for w in range(W):
+            base = w * 64
+            acc[:] = 0
+            for j in range(min(64, K - base)):
+                v = np.uint64(p[r, base + j])
+                for b in range(8):
+                    acc[b] |= ((v >> np.uint64(b)) & np.uint64(1)) << np.uint64(j)
+            for b in range(8):
+                out[b, r, w] = acc[b]
+
+
+def pack_bitplanes(p):
+    """p (N, K) uint8 C-contiguous -> (8, N, ceil(K/64)) uint64 packed bit planes.
+    See :func:`minibnn.kernels.pack_bitplanes`."""
+    out = np.empty((8, p.shape[0], n_words(p.shape[1])), dtype=np.uint64)
+    if p.shape[0]:
+        _bitplane_kernel(p, out)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def bitplane_gemm_panels(planes, panels, k, out):
+    """Fused bit-plane GEMM: ``out[m, n] = sum_b 2^b (k - 2 popcount(planes[b, m] ^
+    column_n)) = 255 k - 2 sum_b 2^b popcount(...)``.
+
+    planes (8, M, W) uint64 C-contiguous; panels (NP, W, 8) from :func:`prepare_weights`;
+    out (M, N) int32.  Same task split and micro-kernels as :func:`gemm_panels`; the eight
+    planes of a register tile are accumulated (shifted) before the single store, so no
+    (8, M, N) intermediate exists.
+    """
+    M = planes.shape[1]
+    W = planes.shape[2]
+    NP = panels.shape[0]
+    N = out.shape[1]
+    pf = planes.reshape(8 * M * W)
+    bf = panels.reshape(NP * W * PANEL)
+    n_groups = (NP + TILE_P - 1) // TILE_P
+    m_blocks = (M + ROW_BLOCK - 1) // ROW_BLOCK
+    L = TILE_R * TILE_P * PANEL
+    for t in prange(n_groups * m_blocks):
+        g = t % n_groups
+        mb = t // n_groups
+        acc = np.empty(L, dtype=np.int64)
+        tot = np.empty(L, dtype=np.int64)
+        p0 = g * TILE_P
+        n_p = min(TILE_P, NP - p0)
+        m0 = mb * ROW_BLOCK
+        m1 = min(M, m0 + ROW_BLOCK)
+        m = m0
+        while m < m1:
+            R = min(TILE_R, m1 - m)
+            tot[:] = 0
+            for b in range(8):
+                base = (b * M + m) * W
+                if R == TILE_R and n_p == TILE_P:
+                    _tile_RP(pf, base, bf, p0 * W * PANEL, W, acc)
+                    for i in range(L):
+                        tot[i] += acc[i] << b
+                else:
+                    for r in range(R):
+                        for pp in range(n_p):
+                            _tile_11(pf, base + r * W, bf, (p0 + pp) * W * PANEL, W, acc)
+                            o = (r * TILE_P + pp) * PANEL
+                            for j in range(PANEL):
+                                tot[o + j] += acc[j] << b
+            for r in range(R):
+                for pp in range(n_p):
+                    for j in range(PANEL):
+                        c = (p0 + pp) * PANEL + j
+                        if c < N:
+                            out[m + r, c] = 255 * k - 2 * tot[(r * TILE_P + pp) * PANEL + j]
+            m += R
+
+
+def bitplane_gemm(planes, b, k, out):
+    """planes (8, M, W) uint64; ``b`` (N, W) uint64 words or a :class:`PreparedWeights`;
+    out (M, N) int32, filled and returned.  See :func:`minibnn.kernels.bitplane_gemm`."""
+    if not isinstance(b, PreparedWeights):
+        b = prepare_weights(b, k)
+    if planes.shape[1] and b.n:
+        bitplane_gemm_panels(planes, b.data, k, out)
+    return out

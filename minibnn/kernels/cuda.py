@@ -60,8 +60,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .backend import BackendUnavailable
-from .bitpack import _as_real_array, n_words
+from .bitpack import check_padding_bits, n_words, pack_rows_input
 from .bitpack import pack as _cpu_pack
+from .geometry import conv_output_size, padding_correction
 from .prepared import PreparedWeights
 
 try:  # numba.cuda is only imported when this module is (i.e. when "cuda" is selected)
@@ -248,21 +249,10 @@ def pack_device(x_dev, out_dev=None, check_nan=True, nan_flag=None):
     return out_dev
 
 
-def _as_float_2d(x):
-    """Validated host input of :func:`pack` -> (lead shape, (R, K) float32/64 C-contiguous)."""
-    x = _as_real_array(x)
-    if x.dtype not in (np.float32, np.float64):
-        # same conversions as bitpack.pack: the sign is preserved exactly
-        x = x.astype(np.float64 if x.dtype.itemsize > 4 or np.issubdtype(x.dtype, np.integer)
-                     else np.float32)
-    K = x.shape[-1]
-    return x.shape[:-1], np.ascontiguousarray(x).reshape(-1, K)
-
-
 def pack(x):
     """Host API: ``(..., K)`` real -> ``(..., ceil(K/64))`` uint64, packed on the GPU;
     identical to :func:`minibnn.kernels.bitpack.pack` (same errors)."""
-    lead, x2d = _as_float_2d(x)
+    lead, x2d = pack_rows_input(x)   # the same checks and conversions as the CPU packer
     K = x2d.shape[1]
     W = n_words(K)
     if x2d.shape[0] == 0:
@@ -372,6 +362,26 @@ def _make_xnor_kernel(cfg, csa):
     # 256-thread blocks fit one SM (one block computes while the other stages its tiles)
     jit_kw = {} if SIMULATOR or NT * 128 * 2 > 65536 else {"max_registers": 128}
 
+    @cuda.jit(device=True)
+    def stage(S, X, row0, k0, tid, L):
+        """This thread's ``L`` uint64 pairs of the K stage: ``S[r, c] = X[row0 + r, k0 + 2c]
+        | X[row0 + r, k0 + 2c + 1] << 32`` (0 outside X); shared by the A and B tiles."""
+        R = X.shape[0]
+        KW = X.shape[1]
+        for l in range(L):
+            idx = l * NT + tid
+            r = idx // BK2
+            c = idx - r * BK2
+            gk = k0 + 2 * c
+            lo = np.uint64(0)
+            hi = np.uint64(0)
+            if row0 + r < R:
+                if gk < KW:
+                    lo = np.uint64(X[row0 + r, gk])
+                if gk + 1 < KW:
+                    hi = np.uint64(X[row0 + r, gk + 1])
+            S[r, c] = lo | (hi << np.uint64(32))
+
     @cuda.jit(**jit_kw)
     def xnor_kernel(A, B, k, out, nb0):
         M = A.shape[0]
@@ -394,32 +404,8 @@ def _make_xnor_kernel(cfg, csa):
                 cnt[i, j] = 0
         for k0 in range(0, KW, BK):
             # stage A[m0:m0+BM, k0:k0+BK] and B[n0:n0+BN, k0:k0+BK]; zero outside
-            for l in range(LA):
-                idx = l * NT + tid
-                r = idx // BK2
-                c = idx - r * BK2
-                gk = k0 + 2 * c
-                lo = np.uint64(0)
-                hi = np.uint64(0)
-                if m0 + r < M:
-                    if gk < KW:
-                        lo = np.uint64(A[m0 + r, gk])
-                    if gk + 1 < KW:
-                        hi = np.uint64(A[m0 + r, gk + 1])
-                As[r, c] = lo | (hi << np.uint64(32))
-            for l in range(LB):
-                idx = l * NT + tid
-                r = idx // BK2
-                c = idx - r * BK2
-                gk = k0 + 2 * c
-                lo = np.uint64(0)
-                hi = np.uint64(0)
-                if n0 + r < N:
-                    if gk < KW:
-                        lo = np.uint64(B[n0 + r, gk])
-                    if gk + 1 < KW:
-                        hi = np.uint64(B[n0 + r, gk + 1])
-                Bs[r, c] = lo | (hi << np.uint64(32))
+            stage(As, A, m0, k0, tid, LA)
+            stage(Bs, B, n0, k0, tid, LB)
             cuda.syncthreads()
             for c in range(BK2):
                 cu = np.uint64(c)                  # unsigned index: no wraparound code
@@ -505,6 +491,23 @@ def prepare_weights(b_words, k):
     return PreparedWeights("cuda", words_to_device(b_words), b_words.shape[0], k)
 
 
+def check_prepared(pw):
+    """``ValueError`` unless ``pw.data`` is an (n, >= ceil(k/32)) uint32 device array, or
+    host (n, ceil(k/64)) uint64 words with zero padding bits (what :func:`xnor_gemm` takes)."""
+    d = pw.data
+    if _is_device_array(d):
+        if np.dtype(d.dtype) != np.uint32 or d.ndim != 2 or d.shape[0] != pw.n \
+                or d.shape[1] < (pw.k + 31) // 32:
+            raise ValueError(f"prepared weights: device data must be ({pw.n}, >= "
+                             f"{(pw.k + 31) // 32}) uint32, got {d.dtype} {d.shape}")
+        return
+    want = (pw.n, n_words(pw.k))
+    if not (isinstance(d, np.ndarray) and d.dtype == np.uint64 and d.shape == want):
+        raise ValueError(f"prepared weights: data must be a uint32 device array or uint64 "
+                         f"words of shape {want}, got {type(d).__name__}")
+    check_padding_bits(d, pw.k, "prepared weights")
+
+
 def xnor_gemm(a_words, b, k, out):
     """Host API: a_words (M, W) uint64; ``b`` (N, W) uint64 or a :class:`PreparedWeights`
     (data a uint32 device array, or uint64 host words); out (M, N) int32, filled, returned."""
@@ -519,6 +522,24 @@ def xnor_gemm(a_words, b, k, out):
     out_dev = cuda.device_array((M, N), dtype=np.int32)
     xnor_gemm_device(words_to_device(a_words), b_dev, k, out_dev)
     out[...] = out_dev.copy_to_host()
+    return out
+
+
+def bitplane_gemm(planes, b, k, out):
+    """Host API of the bit-plane product: planes (8, M, W) uint64, ``b`` as in
+    :func:`xnor_gemm`; out (M, N) int32 = ``sum_p 2^p xnor(planes[p], b)``, filled and
+    returned.  Eight device GEMMs against weights uploaded once; sums added on the host."""
+    if isinstance(b, PreparedWeights):
+        b_dev = b.data if _is_device_array(b.data) else words_to_device(b.data)
+    else:
+        b_dev = words_to_device(b)
+    M, N = out.shape
+    g_dev = cuda.device_array((M, N), dtype=np.int32)
+    acc = np.zeros((M, N), dtype=np.int64)
+    for p in range(8):
+        xnor_gemm_device(words_to_device(planes[p]), b_dev, k, g_dev)
+        acc += g_dev.copy_to_host().astype(np.int64) << p
+    out[...] = acc          # |u| <= 255 k fits int32 (checked by the caller)
     return out
 
 
@@ -622,7 +643,6 @@ class ConvWeights:
         """(Ho * Wo, F) int32 device array: what to subtract at each output position."""
         key = (H, W, stride, padding)
         if key not in self._corr_cache:
-            from .cpu import padding_correction
             F = self.shape[0]
             qs, corr = padding_correction(self.sign_sums, H, W, stride, padding, Ho, Wo)
             dense = np.zeros((Ho * Wo, F), dtype=np.int32)
@@ -660,8 +680,8 @@ def binary_conv2d_device(x_dev, weights, stride, padding, check_nan=True):
     F, Cw, KH, KW = weights.shape
     if C != Cw:
         raise ValueError(f"binary_conv2d_device: x has C={C} channels but the weights expect {Cw}")
-    Ho = (H + 2 * padding - KH) // stride + 1
-    Wo = (W + 2 * padding - KW) // stride + 1
+    Ho = conv_output_size(H, KH, stride, padding)
+    Wo = conv_output_size(W, KW, stride, padding)
     if Ho < 1 or Wo < 1:
         raise ValueError("binary_conv2d_device: kernel larger than the padded input")
     P = Ho * Wo

@@ -1,4 +1,7 @@
-"""Max pooling forward/backward compiled with ``numba.njit`` (float, any dtype numba knows).
+"""Max pooling forward/backward compiled with ``numba.njit``: the one max-pool
+implementation, for float activations (training, the float layers) and for the packed
+model's int32 sums alike (:func:`minibnn.kernels.maxpool2d`; the forward is generic in
+the dtype, see :data:`DTYPES`).
 
 NumPy's version (:func:`minibnn.kernels.reference.maxpool2d` /
 :func:`~minibnn.kernels.reference.maxpool2d_backward`) builds a ``(k*k, N, C, H', W')``
@@ -8,13 +11,17 @@ and was ~10% of a CIFAR-10 training step.  These kernels make one pass per image
 Layout: ``x (N, C, H, W)``, windows ``k x k`` at stride ``s``, no padding (floor mode),
 ``H' = (H - k) // s + 1``, ``arg (N, C, H', W') int32`` the winning tap ``a * k + b``.
 Ties go to the first window position in row-major order (``np.argmax``'s rule).
-Arguments arrive validated and C-contiguous (:func:`minibnn.functional.maxpool2d_forward`).
+Arguments arrive validated and C-contiguous (:func:`minibnn.functional.maxpool2d_forward`,
+:func:`minibnn.kernels.maxpool2d`).
 """
 
 import numpy as np
 from numba import njit, prange
 
-from .reference import conv_output_size
+from .geometry import conv_output_size
+
+#: dtypes the forward kernel is used for (others go to the NumPy twin)
+DTYPES = tuple(np.dtype(d) for d in (np.float32, np.float64, np.int32, np.int64))
 
 
 @njit(cache=True, parallel=True)
@@ -57,7 +64,8 @@ def maxpool_backward_into(dout, arg, k, s, dx):
 
 
 def maxpool2d(x, k, s):
-    """x (N, C, H, W) C-contiguous float -> (out (N, C, H', W'), arg int32 same shape)."""
+    """x (N, C, H, W) C-contiguous, a dtype of :data:`DTYPES` -> (out (N, C, H', W') x's
+    dtype, arg int32 same shape)."""
     N, C, H, W = x.shape
     Ho, Wo = conv_output_size(H, k, s, 0), conv_output_size(W, k, s, 0)
     out = np.empty((N, C, Ho, Wo), dtype=x.dtype)

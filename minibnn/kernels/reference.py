@@ -1,4 +1,10 @@
-"""Slow, obviously correct NumPy twins of every fast kernel: the oracle of the tests.
+"""Slow, obviously correct NumPy twins of every fast kernel.
+
+Two roles: the oracle the tests compare every fast kernel against, and the
+``"reference"`` backend that production code may select (``backend="reference"`` or
+``MINIBNN_BACKEND=reference``: any machine, no compiler; also the fallback of
+:func:`minibnn.kernels.maxpool2d` for dtypes Numba does not compile).  Inputs arrive
+validated by :mod:`minibnn.kernels`, like every backend's.
 
 Nothing here is clever: signs are materialised as float +1/-1 arrays and the products are
 ordinary float64 matmuls and convolution loops, rounded to int32 at the end (every sum of
@@ -11,6 +17,8 @@ Shapes: N batch, C channels, H x W image, F filters, KH x KW kernel, K reduction
 
 import numpy as np
 
+from .bitpack import check_padding_bits, n_words
+from .geometry import conv_output_size
 from .prepared import PreparedWeights
 
 WORD_BITS = 64
@@ -48,6 +56,16 @@ def prepare_weights(b_words, k):
     return PreparedWeights("reference", np.array(b_words, dtype=np.uint64), len(b_words), k)
 
 
+def check_prepared(pw):
+    """``ValueError`` unless ``pw.data`` holds (n, ceil(k/64)) uint64 words, padding bits 0."""
+    d = pw.data
+    want = (pw.n, n_words(pw.k))
+    if not (isinstance(d, np.ndarray) and d.dtype == np.uint64 and d.shape == want):
+        raise ValueError(f"prepared weights: data must be uint64 words of shape {want}, got "
+                         f"{type(d).__name__} {getattr(d, 'dtype', '')} {getattr(d, 'shape', '')}")
+    check_padding_bits(d, pw.k, "prepared weights")
+
+
 def xnor_gemm(a_words, b_words, k, out=None):
     """(M, W) uint64, (N, W) uint64 (or a prepared handle) -> (M, N) int32
     = unpack(A) @ unpack(B).T, computed in float64."""
@@ -65,11 +83,6 @@ def xnor_gemm(a_words, b_words, k, out=None):
 def binary_matmul(a, b):
     """(M, K) real @ (K, N) real of their signs -> (M, N) int32."""
     return np.rint(sign(a) @ sign(b)).astype(np.int32)
-
-
-def conv_output_size(size, kernel, stride, padding):
-    """Output length of a convolution: ``(size + 2 * padding - kernel) // stride + 1``."""
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def im2col(x, kh, kw, stride=1, padding=0):
@@ -152,3 +165,35 @@ def binary_conv2d(x, w, stride=1, padding=0):
             patch = xp[:, :, kh:kh + stride * Ho:stride, kw:kw + stride * Wo:stride]  # (N, C, Ho, Wo)
             out += np.einsum("nchw,fc->nfhw", patch, ws[:, :, kh, kw])
     return np.rint(out).astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# packed inference
+# ---------------------------------------------------------------------------
+
+def threshold_pack(s, t):
+    """(N, D) int, (D,) int -> (N, ceil(D/64)) uint64: :func:`pack` of ``+1 where s >= t``.
+    Twin of :func:`minibnn.kernels.cpu.threshold_pack`."""
+    return pack(np.where(np.asarray(s) >= np.asarray(t)[None, :], 1.0, -1.0))
+
+
+def pack_bitplanes(p):
+    """(N, K) uint8 -> (8, N, ceil(K/64)) uint64: plane b packs ``bit b of p`` as +1/-1.
+    Twin of :func:`minibnn.kernels.cpu.pack_bitplanes`."""
+    p = np.asarray(p)
+    return np.stack([pack(np.where((p >> b) & 1, 1.0, -1.0)) for b in range(8)])
+
+
+def bitplane_gemm(planes, b_words, k, out=None):
+    """(8, M, W) planes, (N, W) words (or a prepared handle) -> (M, N) int32
+    ``sum_b 2^b unpack(planes[b]) @ unpack(B).T``, in float64 (exact: |u| <= 255 k < 2**53).
+    Twin of :func:`minibnn.kernels.cpu.bitplane_gemm`."""
+    if isinstance(b_words, PreparedWeights):
+        b_words = b_words.data
+    b = unpack(b_words, k).astype(np.float64)
+    u = sum((2.0 ** i) * (unpack(planes[i], k).astype(np.float64) @ b.T) for i in range(8))
+    res = np.rint(u).astype(np.int32)
+    if out is None:
+        return res
+    out[...] = res
+    return out

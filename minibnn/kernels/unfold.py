@@ -31,7 +31,7 @@ and C-contiguous (:func:`minibnn.functional.im2col` checks them).
 import numpy as np
 from numba import njit, prange
 
-from .reference import conv_output_size
+from .geometry import conv_output_size
 
 
 @njit(cache=True, parallel=True)

@@ -1,0 +1,247 @@
+"""Device-resident training: moving a model and its optimizer to the GPU, a dataset
+uploaded once, batches gathered on the device.
+
+A training step on the GPU is the CPU step with every array on the device::
+
+    from minibnn import device, losses_cuda
+    device.use_caching_allocator()           # optional, before the first CUDA call
+    device.to_device(model)                  # params, grads, buffers -> device arrays
+    opt = Adam(model, lr=...)                # state slots are created on the device
+    data = device.DeviceDataset(x_train, y_train)
+    for xb, yb in data.batches(100, rng):    # (100, ...) float32, (100,) int32 on device
+        out = model.forward(xb)
+        loss, dout = losses_cuda.squared_hinge(out, yb)
+        model.backward(dout)
+        opt.step()
+    device.to_host(model)                    # back to NumPy (checkpoints, packing)
+
+The layers pick their op module by where the arrays live (:func:`minibnn.dispatch.twin`:
+:mod:`minibnn.functional` or :mod:`minibnn.functional_cuda`), the optimizer its kernels
+likewise (:mod:`minibnn.kernels.optim_cpu` or :mod:`minibnn.kernels.optim_cuda`), so the
+model code is the CPU code.  Nothing in a step copies to the host except the loss (one
+float) and the small flags of the binary layers' +-1 / NaN checks.
+
+Memory: numba.cuda allocates every array with ``cuMemAlloc`` and frees in batches with
+``cuMemFree``, which synchronizes the device; a step allocates a few dozen temporaries.
+:func:`use_caching_allocator` installs a caching allocator (blocks kept in size classes
+and reused, never returned to the driver) through numba's External Memory Management
+interface; it must run before the process's first CUDA call.  Reuse is safe because
+every kernel and copy here runs on the one default stream, in order.
+
+References: Hubara et al., "Binarized Neural Networks", NIPS 2016, Alg. 1 (the training
+step); numba documentation, "External Memory Management (EMM) Plugin interface".
+"""
+
+import numpy as np
+
+from .kernels import cuda as kc
+from .kernels import cuda_float as kf
+
+cuda = kc.cuda
+
+__all__ = ["to_device", "to_host", "optimizer_to_device", "optimizer_to_host",
+           "DeviceDataset", "use_caching_allocator", "is_device_array"]
+
+
+def is_device_array(a):
+    """True for a numba.cuda device array (also the simulator's)."""
+    return cuda is not None and not isinstance(a, np.ndarray) and cuda.devicearray.is_cuda_ndarray(a)
+
+
+def _up(a, name):
+    if is_device_array(a):
+        return a
+    a = np.asarray(a)
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name}: only float arrays move to the device, got {a.dtype}")
+    return cuda.to_device(np.ascontiguousarray(a, dtype=np.float32))
+
+
+def _down(a):
+    return a.copy_to_host() if is_device_array(a) else a
+
+
+def _move(model, fn):
+    layers = getattr(model, "layers", None)
+    if layers is None:
+        raise TypeError(f"expected a model with .layers (a Sequential), got {type(model).__name__}")
+    # convert everything first, then assign: a failure leaves the model as it was
+    new = []
+    for i, layer in enumerate(layers):
+        new.append([{k: fn(v, f"{i}.{k}") for k, v in d.items()}
+                    for d in (layer.params, layer.grads, layer.buffers)])
+    for layer, (p, g, b) in zip(layers, new):
+        layer.params.update(p)
+        layer.grads.update(g)
+        layer.buffers.update(b)
+    return model
+
+
+def to_device(model):
+    """Move every layer's params, grads and buffers to float32 device arrays, in place
+    (arrays already on the device are kept); returns the model.  The layers then run
+    :mod:`minibnn.functional_cuda` on device inputs."""
+    return _move(model, _up)
+
+
+def to_host(model):
+    """Copy every device param, grad and buffer back to a NumPy array, in place; returns
+    the model (e.g. before ``model.save`` or packing for inference)."""
+    return _move(model, lambda a, name: _down(a))
+
+
+def _optimizers(opt):
+    yield opt
+    fp = getattr(opt, "fp_optimizer", None)
+    if fp is not None:
+        yield from _optimizers(fp)
+
+
+def _move_state(opt, fn):
+    for o in _optimizers(opt):
+        state = getattr(o, "state", None)
+        if not isinstance(state, dict):
+            raise TypeError(f"expected a minibnn optimizer with .state, got {type(o).__name__}")
+        moved = {slot: {name: fn(a, f"{slot}/{name}") for name, a in arrays.items()}
+                 for slot, arrays in state.items()}
+        for slot, arrays in moved.items():
+            state[slot].update(arrays)
+    return opt
+
+
+def optimizer_to_device(opt):
+    """Move an optimizer's state arrays (moments, momentum buffers; also those of a
+    Bop's float optimizer) to the device, in place; returns ``opt``.  Needed only for
+    state loaded from a checkpoint: slots created after :func:`to_device` are born on
+    the device."""
+    return _move_state(opt, _up)
+
+
+def optimizer_to_host(opt):
+    """Copy an optimizer's device state arrays back to NumPy, in place; returns ``opt``."""
+    return _move_state(opt, lambda a, name: _down(a))
+
+
+class DeviceDataset:
+    """A dataset uploaded to the device once; batches are gathered there.
+
+    Parameters
+    ----------
+    x : (N, ...) real array (e.g. (N, 784) or (N, C, H, W)), stored as float32.
+    y : (N,) integer labels, stored as int32.
+
+    :meth:`batches` uploads one permutation per epoch (N int32) and gathers each batch
+    with one kernel from it; nothing else crosses the bus.
+    """
+
+    def __init__(self, x, y):
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if x.ndim < 2 or y.shape != (x.shape[0],):
+            raise ValueError(f"DeviceDataset: x must be (N, ...) and y (N,), got {x.shape}, {y.shape}")
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"DeviceDataset: y must hold integer labels, got {y.dtype}")
+        if x.dtype.kind not in "fiu" or x.dtype == np.bool_:
+            raise TypeError(f"DeviceDataset: x must be real, got {x.dtype}")
+        self.n = x.shape[0]
+        self.sample_shape = x.shape[1:]
+        self.x = cuda.to_device(np.ascontiguousarray(x, dtype=np.float32).reshape(self.n, -1))
+        self.y = cuda.to_device(np.ascontiguousarray(y, dtype=np.int32))
+
+    def __len__(self):
+        return self.n
+
+    def gather(self, idx):
+        """Rows ``idx`` ((B,) int32 device array or host integers) -> ``(x (B, ...)
+        float32, y (B,) int32)`` new device arrays."""
+        if not is_device_array(idx):
+            idx = np.asarray(idx)
+            if idx.ndim != 1 or idx.dtype.kind not in "iu":
+                raise ValueError("DeviceDataset.gather: idx must be a 1-D integer array")
+            if idx.size and (idx.min() < 0 or idx.max() >= self.n):
+                raise IndexError(f"DeviceDataset.gather: indices must be in [0, {self.n})")
+            idx = cuda.to_device(np.ascontiguousarray(idx, dtype=np.int32))
+        B = idx.shape[0]
+        xb = cuda.device_array((B, self.x.shape[1]), dtype=np.float32)
+        yb = cuda.device_array(B, dtype=np.int32)
+        kf.launch_elem(kf.gather_rows_kernel, xb.size, self.x, idx, xb)
+        kf.launch_elem(kf.gather_labels_kernel, B, self.y, idx, yb)
+        return xb.reshape(B, *self.sample_shape), yb
+
+    def batches(self, batch_size, rng=None, shuffle=True, drop_last=False):
+        """Yield ``(x, y)`` device batches of ``batch_size`` rows for one epoch, in the
+        order of ``rng.permutation(N)`` (``shuffle``) or 0..N-1."""
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = int(batch_size)
+        if shuffle:
+            rng = np.random.default_rng(rng)
+            order = rng.permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        order_dev = cuda.to_device(order.astype(np.int32))
+        stop = self.n - self.n % batch_size if drop_last else self.n
+        for i in range(0, stop, batch_size):
+            yield self.gather(order_dev[i:min(i + batch_size, stop)])
+
+
+# ---------------------------------------------------------------------------
+# caching allocator (numba EMM plugin)
+# ---------------------------------------------------------------------------
+
+def _size_class(size):
+    """Round up to a power of two (at least 512 bytes): few classes, at most 2x slack."""
+    return max(512, 1 << (int(size) - 1).bit_length())
+
+
+def _make_manager():
+    import weakref
+
+    from numba.cuda.cudadrv.driver import MemoryPointer, NumbaCUDAMemoryManager
+
+    class CachingMemoryManager(NumbaCUDAMemoryManager):
+        """numba's own manager, with freed blocks kept per size class and handed out
+        again instead of ``cuMemFree`` + ``cuMemAlloc``."""
+
+        def initialize(self):
+            super().initialize()
+            self._free_blocks = {}
+
+        def memalloc(self, size):
+            cls = _size_class(size)
+            free = self._free_blocks.setdefault(cls, [])
+            block = free.pop() if free else NumbaCUDAMemoryManager.memalloc(self, cls)
+            # the array gets a view of the block; when it dies the block goes back to
+            # the free list (the block object itself stays referenced by the pool)
+            return MemoryPointer(weakref.proxy(self.context), block.device_pointer, size,
+                                 finalizer=_returner(free, block))
+
+        def reset(self):
+            self._free_blocks = {}
+            super().reset()
+
+    return CachingMemoryManager
+
+
+def _returner(free, block):
+    def give_back():
+        free.append(block)
+    return give_back
+
+
+_ALLOCATOR = {}
+
+
+def use_caching_allocator():
+    """Install the caching allocator for this process; returns True if installed.
+
+    Must be called before the first CUDA call of the process (numba binds a context to
+    its memory manager when the context is created).  A no-op returning False under
+    ``NUMBA_ENABLE_CUDASIM=1`` (the simulator has no device memory).
+    """
+    if kc.SIMULATOR or cuda is None:
+        return False
+    if "cls" not in _ALLOCATOR:
+        _ALLOCATOR["cls"] = _make_manager()
+        cuda.set_memory_manager(_ALLOCATOR["cls"])
+    return True
