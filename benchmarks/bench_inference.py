@@ -8,7 +8,7 @@ Rows, each over the same images at batch 10,000 and batch 100:
 * ``packed (bitplane)`` -- :class:`minibnn.packed.PackedModel`, first layer on the 8 bit
   planes of the pixels (Sec. 1.6), every layer XNOR-popcount + integer thresholds;
 * ``packed (float first)`` -- the same with the first layer as float32 BLAS;
-* ``engine float eval`` -- ``model.forward(x, training=False)`` with ``backend=None``
+* ``engine float eval`` -- ``model.forward(x, training=False)`` with ``backend="float"``
   (the float model the packed one reproduces);
 * ``plain numpy float32`` -- the same network written directly in NumPy: ``x @ W`` with
   W = sign(w) float32, BN as a fused per-neuron affine, sign, ... (the baseline of the
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 from _common import blas_info, settle  # noqa: E402
 from minibnn import zoo  # noqa: E402
-from minibnn.checkpoint import atomic_write_text  # noqa: E402
+from minibnn.fileio import atomic_write_text  # noqa: E402
 from minibnn.layers import BatchNorm, BinaryDense  # noqa: E402
 from minibnn.packed import export  # noqa: E402
 from minibnn.quantize import sign  # noqa: E402
@@ -134,7 +134,7 @@ def main(argv=None):
 
     x, y, source = load_images(args.n, rng)
     model = build_model(args.hidden, args.depth, x, rng)
-    model.set_backend(None).eval()
+    model.set_backend("float").eval()
     net = plain_numpy_net(model)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,9 +18,6 @@ import zipfile
 import numpy as np
 
 from .fileio import atomic_writer
-# atomic writes live in minibnn.fileio; this name stays importable from here only for
-# benchmarks/bench_inference.py (drop it once that imports minibnn.fileio)
-from .fileio import atomic_write_text  # noqa: F401
 
 CHECKPOINT_VERSION = 2
 READABLE_VERSIONS = (1, 2)

@@ -223,6 +223,6 @@ def test_engine_forward_on_cuda_equals_float():
     from minibnn import zoo
     x = np.random.default_rng(5).uniform(-1, 1, (3, 1, 4, 4)).astype(np.float32)
     on_gpu = zoo.build("mnist_mlp", hidden=9, depth=2, in_features=16, backend="cuda", seed=2)
-    plain = zoo.build("mnist_mlp", hidden=9, depth=2, in_features=16, backend=None, seed=2)
+    plain = zoo.build("mnist_mlp", hidden=9, depth=2, in_features=16, backend="float", seed=2)
     np.testing.assert_array_equal(on_gpu.forward(x, training=False), plain.forward(x, training=False))
     assert on_gpu[4].prepared is not None and on_gpu[4].prepared.backend == "cuda"

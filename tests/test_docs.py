@@ -250,6 +250,7 @@ def test_graph_figure_shows_the_chapter_numbers(tmp_path, monkeypatch):
     assert float(values["loss"]) == ns["loss"]
 
 
+@pytest.mark.plot
 def test_static_figures_draw(tmp_path):
     pytest.importorskip("matplotlib")
     paths = _make_figures().main(str(tmp_path))
@@ -312,6 +313,7 @@ def test_epoch_zero_histogram_is_the_initial_model(fake_run):
         assert got[n] == want, n
 
 
+@pytest.mark.plot
 def test_plots_are_drawn(fake_run):
     pytest.importorskip("matplotlib")
     from minibnn import viz

@@ -74,6 +74,7 @@ def test_same_seed_same_weights(tmp_path, sample):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
+@pytest.mark.plot
 def test_cli_train_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "run"
