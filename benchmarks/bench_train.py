@@ -26,7 +26,11 @@ clipping; median of ``--steps`` steps after warm-up) of minibnn (public API, ``c
 kernel backend) and of PyTorch's CPU build on the same networks (MLP 3 x H for each
 ``--hidden``, batch 100; ``svhn_convnet`` and ``cifar10_convnet``, batch 50; the PyTorch
 versions are in ``torch_twins.py``), one after the other in this process, both with the
-same number of threads, and prints the ratio.  The *floor* column is the float32 work a
+same number of threads, and prints the ratio.  Each engine is timed in a child process
+of its own (as the issue's "one process after the other"): with PyTorch imported, its
+OpenMP runtime (libgomp) is the one Numba's ``omp`` threading layer then uses too, and its
+spinning threads contend with OpenBLAS's -- a minibnn step timed in the same process as
+``import torch`` ran 10-16x slower on this 2-core machine.  The *floor* column is the float32 work a
 step cannot avoid, measured in the same process: the two backward GEMMs of every binary
 dense layer at this machine's BLAS rate plus the optimizer's memory traffic (parameters,
 gradients and two moments read and written, 28 bytes a parameter) at the measured copy
@@ -287,44 +291,76 @@ def peak_rss(engine, hidden, steps=5):
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
-def main_vs_torch(args):
-    try:
+def _child_json(argv):
+    """Run this script with ``argv`` in a child process; its last stdout line is JSON."""
+    import subprocess
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv],
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"child {argv} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _step_child(engine, kind, hidden, steps, batch_size):
+    """Child process of --vs-torch: time one engine (and, for minibnn's MLP, the floor)."""
+    import numba
+    threads = _threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    res = {}
+    if engine == "minibnn":
+        res["step_s"] = minibnn_step_time(kind, hidden, steps, batch_size)
+        if kind == "mlp":
+            settle()
+            res["floor_s"], res["floor_gemm_s"], bw = floor_time(hidden, batch_size)
+            res["copy_bandwidth_gbs"] = bw / 1e9
+    else:
         import torch
         import torch_twins
+        torch.set_num_threads(threads)
+        res["step_s"] = torch_step_time(torch, torch_twins, kind, hidden, steps, batch_size)
+        res["torch"], res["torch_threads"] = torch.__version__, torch.get_num_threads()
+    res["numba_threads"] = numba.get_num_threads()
+    print(json.dumps(res))
+
+
+def main_vs_torch(args):
+    try:
+        import torch  # noqa: F401  (only whether it is installed; timed in children)
+        import torch_twins  # noqa: F401
     except ImportError:
         print("--vs-torch: PyTorch is not installed here (pip install torch); skipped")
         return 0
-    import numba
-    threads = _threads()
-    torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    info = dict(blas=blas_info(), torch=torch.__version__, torch_threads=torch.get_num_threads(),
-                numba_threads=numba.get_num_threads())
+    del torch, torch_twins
+    info = dict(blas=blas_info())
     print("BLAS:", json.dumps(info["blas"]))
-    print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; Numba "
-          f"{numba.get_num_threads()} threads")
     rows = []
     nets = [("mlp", h) for h in args.hidden] + [(a, None) for a in args.convnets]
-    print(f"{'network':<22} {'minibnn ms':>10} {'torch ms':>9} {'minibnn vs torch':>17} "
-          f"{'floor ms':>9} {'vs floor':>9}")
+    header = (f"{'network':<22} {'minibnn ms':>10} {'torch ms':>9} {'minibnn vs torch':>17} "
+              f"{'floor ms':>9} {'vs floor':>9}")
     for kind, h in nets:
         bs = 100 if kind == "mlp" else 50
         steps = args.steps if kind == "mlp" else max(5, args.steps // 3)
-        settle()
-        ours = minibnn_step_time(kind, h, steps, bs)
-        settle()
-        theirs = torch_step_time(torch, torch_twins, kind, h, steps, bs)
+        common = [kind, str(h or 0), str(steps), str(bs)]
+        ours = _child_json(["--_step-child", "minibnn", *common])
+        theirs = _child_json(["--_step-child", "torch", *common])
+        if not rows:
+            info.update(torch=theirs["torch"], torch_threads=theirs["torch_threads"],
+                        numba_threads=ours["numba_threads"])
+            print(f"PyTorch {theirs['torch']}, {theirs['torch_threads']} threads; Numba "
+                  f"{ours['numba_threads']} threads; each engine in its own child process")
+            print(header)
         row = dict(network=f"mlp 3x{h}" if kind == "mlp" else kind, batch_size=bs, steps=steps,
-                   minibnn_s=ours, torch_s=theirs, speedup=theirs / ours)
+                   minibnn_s=ours["step_s"], torch_s=theirs["step_s"],
+                   speedup=theirs["step_s"] / ours["step_s"])
         fl = ""
         if kind == "mlp":
-            floor, gemm, bw = floor_time(h, bs)
-            row.update(floor_s=floor, floor_gemm_s=gemm, copy_bandwidth_gbs=bw / 1e9,
-                       vs_floor=ours / floor)
-            fl = f"{floor * 1e3:9.1f} {ours / floor:8.2f}x"
+            row.update(floor_s=ours["floor_s"], floor_gemm_s=ours["floor_gemm_s"],
+                       copy_bandwidth_gbs=ours["copy_bandwidth_gbs"],
+                       vs_floor=ours["step_s"] / ours["floor_s"])
+            fl = f"{ours['floor_s'] * 1e3:9.1f} {row['vs_floor']:8.2f}x"
         rows.append(row)
-        print(f"{row['network']:<22} {ours * 1e3:10.1f} {theirs * 1e3:9.1f} "
-              f"{theirs / ours:16.2f}x {fl}", flush=True)
+        print(f"{row['network']:<22} {row['minibnn_s'] * 1e3:10.1f} {row['torch_s'] * 1e3:9.1f} "
+              f"{row['speedup']:16.2f}x {fl}", flush=True)
     if args.peak_memory:
         for h in args.peak_memory:
             mem = {e: peak_rss(e, h) for e in ("minibnn", "torch")}
@@ -350,7 +386,11 @@ def main(argv=None):
     ap.add_argument("--peak-memory", type=int, nargs="*", default=None, metavar="H",
                     help="--vs-torch: also peak RSS training MLP 3xH (child processes)")
     ap.add_argument("--_peak-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--_step-child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args._step_child:
+        engine, kind, h, steps, bs = args._step_child
+        return _step_child(engine, kind, int(h), int(steps), int(bs))
     if args._peak_child:
         engine, h, steps = args._peak_child
         return _peak_rss_child(engine, int(h), int(steps))

@@ -192,10 +192,10 @@ def _add_plot(sub):
 
 
 def _cmd_plot(args, parser):
-    from .rundir import RunDir
+    from .viz import read_metrics
 
-    if not os.path.isfile(RunDir(args.run_dir).metrics_path):
-        raise FileNotFoundError(f"no metrics.jsonl in {args.run_dir}: is it a minibnn run directory?")
+    # a missing or empty metrics.jsonl is named before matplotlib is even needed
+    read_metrics(args.run_dir)
     if importlib.util.find_spec("matplotlib") is None:
         raise RuntimeError("plotting needs matplotlib: pip install 'minibnn[plot]' "
                            "(or pip install matplotlib)")

@@ -40,7 +40,7 @@ from .kernels import cuda_float as kf
 cuda = kc.cuda
 
 __all__ = ["to_device", "to_host", "optimizer_to_device", "optimizer_to_host",
-           "DeviceDataset", "use_caching_allocator", "is_device_array"]
+           "DeviceDataset", "DeviceLoop", "use_caching_allocator", "is_device_array"]
 
 
 def is_device_array(a):
@@ -168,6 +168,13 @@ class DeviceDataset:
         kf.launch_elem(kf.gather_labels_kernel, B, self.y, idx, yb)
         return xb.reshape(B, *self.sample_shape), yb
 
+    def rows(self, start, stop):
+        """Rows ``start:stop`` as ``(x (B, ...), y (B,))`` device views (no copy, no
+        kernel): the contiguous batches of an evaluation pass."""
+        start, stop = max(0, int(start)), min(self.n, int(stop))
+        x = self.x[start:stop]
+        return x.reshape(x.shape[0], *self.sample_shape), self.y[start:stop]
+
     def batches(self, batch_size, rng=None, shuffle=True, drop_last=False):
         """Yield ``(x, y)`` device batches of ``batch_size`` rows for one epoch, in the
         order of ``rng.permutation(N)`` (``shuffle``) or 0..N-1."""
@@ -183,6 +190,105 @@ class DeviceDataset:
         stop = self.n - self.n % batch_size if drop_last else self.n
         for i in range(0, stop, batch_size):
             yield self.gather(order_dev[i:min(i + batch_size, stop)])
+
+
+# ---------------------------------------------------------------------------
+# the training loop's device half (minibnn.train picks it for backend "cuda")
+# ---------------------------------------------------------------------------
+
+class DeviceLoop:
+    """What :func:`minibnn.train.train` does per mini-batch and per epoch, on the device.
+
+    The same methods as the host loop of :mod:`minibnn.train` (``new_tracker``,
+    ``begin``, ``step``, ``sync``, ``evaluate``, ``host_model``); the training loop picks
+    one of the two once, by backend, and calls them without knowing which.
+
+    * At construction (after a resume has loaded the checkpoint into the host model):
+      a host copy of the model is kept (``host_model``), then the model's params, grads
+      and buffers and the optimizer's state move to the device for the rest of the run;
+      the training images are uploaded once (:class:`DeviceDataset`), the validation and
+      test images on their first evaluation.
+    * Per epoch (``begin``): the permutation goes up once (N int32); per batch (``step``)
+      the batch is gathered on the device from a slice of it, forward, loss, backward
+      and optimizer step run there, and the loss and error counts are added to device
+      accumulators (:class:`minibnn.losses_cuda.Accumulator`); ``sync`` copies them back
+      (end of the epoch, a checkpoint, a progress-bar refresh).
+    * ``host_model()`` refreshes the host copy from the device (one copy of each param
+      and buffer, only if a step ran since the last one): the epoch's statistics,
+      ``best.npz`` and ``last.npz`` are written from it, in the format of a CPU run.
+
+    The layers' random generators (dropout masks, stochastic signs: a seed per draw, see
+    :mod:`minibnn.functional_cuda`) stay NumPy Generators on the host, saved and restored
+    with the checkpoint like the CPU's, so a resumed run on the same device continues
+    the same device random streams.
+    """
+
+    def __init__(self, session):
+        import copy
+
+        from . import losses_cuda
+
+        self.model, self.opt = session.model, session.opt
+        self._host = copy.deepcopy(session.model)
+        to_device(self.model)
+        optimizer_to_device(self.opt)
+        self._losses = losses_cuda
+        self._train = DeviceDataset(session.x_train, session.y_train)
+        self._eval = {}
+        self._acc = losses_cuda.Accumulator(session.config.loss)
+        self._perm = None
+        self._dirty = False
+
+    def new_tracker(self):
+        """The epoch statistics (:class:`minibnn.stats.DeviceEpochStats`)."""
+        from .stats import DeviceEpochStats
+        return DeviceEpochStats(self.host_model())
+
+    def begin(self, state):
+        """Start (or resume) epoch ``state``: upload its order, load its sums."""
+        self._perm = cuda.to_device(np.ascontiguousarray(state.perm, dtype=np.int32))
+        self._acc.reset(state.loss_sum, state.wrong)
+
+    def step(self, state, lo, hi):
+        """One mini-batch: the rows ``perm[lo:hi]``."""
+        xb, yb = self._train.gather(self._perm[lo:hi])
+        scores = self.model.forward(xb, training=True)
+        grad = self._acc.add(scores, yb)
+        self.model.backward(grad)
+        self.opt.step()
+        self._dirty = True
+        state.tracker.after_batch(self.model)
+        state.seen += hi - lo
+
+    def sync(self, state):
+        """Copy the epoch's loss sum and error count into ``state`` (one sync)."""
+        state.loss_sum, state.wrong = self._acc.read()
+
+    def evaluate(self, x, y, batch_size):
+        """Error rate of the model (evaluation mode) on host arrays ``x``, ``y`` (uploaded
+        on the first call and kept); errors counted on the device, one copy at the end."""
+        if len(x) == 0:
+            return float("nan")
+        key = (id(x), id(y))
+        if key not in self._eval:
+            self._eval[key] = (DeviceDataset(x, y), x, y)   # keep x, y: ids stay theirs
+        data = self._eval[key][0]
+        wrong = self._losses.new_error_counter()
+        for i in range(0, data.n, batch_size):
+            xb, yb = data.rows(i, i + batch_size)
+            scores = self.model.forward(xb, training=False)
+            self._losses.error_count(scores, yb, out=wrong)
+        return int(wrong.copy_to_host()[0]) / data.n
+
+    def host_model(self):
+        """The host copy of the model, refreshed from the device if a step ran since."""
+        if self._dirty:
+            for dev, host in zip(self.model.layers, self._host.layers):
+                for d, h in ((dev.params, host.params), (dev.buffers, host.buffers)):
+                    for k, v in d.items():
+                        h[k] = v.copy_to_host(h[k]) if h[k].flags.c_contiguous else v.copy_to_host()
+            self._dirty = False
+        return self._host
 
 
 # ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from .kernels import cuda_float as kf
 cuda = kc.cuda
 
 __all__ = ["check_available", "squared_hinge", "softmax_cross_entropy", "error_rate",
-           "error_count", "new_error_counter"]
+           "error_count", "new_error_counter", "Accumulator"]
 
 
 def check_available():
@@ -72,32 +72,105 @@ def _finish(stats, flags, where, C):
     return float(stats.copy_to_host()[0])
 
 
-def squared_hinge(scores, y, n_classes=None):
-    """Twin of :func:`minibnn.losses.squared_hinge`: ``mean(max(0, 1 - t s)**2)`` over N C
-    entries, ``grad = -2 t margin / (N C)``."""
-    s, y = _check(scores, y, "squared_hinge", n_classes)
+def _squared_hinge_terms(s, y):
+    """(grad, per-element terms, flags, denominator N C) of the squared hinge."""
     N, C = s.shape
     grad = cuda.device_array((N, C), dtype=np.float32)
     sq = cuda.device_array(N * C, dtype=np.float32)
     flags = kf.zeros_flag(3)
-    stats = cuda.device_array(1, dtype=np.float64)
     kf.launch_elem(kf.squared_hinge_kernel, N * C, s, y, grad, sq, flags)
+    return grad, sq, flags, N * C
+
+
+def _cross_entropy_terms(s, y):
+    """(grad, per-row terms, flags, denominator N) of the softmax cross-entropy."""
+    N, C = s.shape
+    grad = cuda.device_array((N, C), dtype=np.float32)
+    nll = cuda.device_array(N, dtype=np.float32)
+    flags = kf.zeros_flag(3)
+    kf.launch_elem(kf.softmax_ce_kernel, N, s, y, grad, nll, flags)
+    return grad, nll, flags, N
+
+
+def squared_hinge(scores, y, n_classes=None):
+    """Twin of :func:`minibnn.losses.squared_hinge`: ``mean(max(0, 1 - t s)**2)`` over N C
+    entries, ``grad = -2 t margin / (N C)``."""
+    s, y = _check(scores, y, "squared_hinge", n_classes)
+    grad, sq, flags, denom = _squared_hinge_terms(s, y)
+    stats = cuda.device_array(1, dtype=np.float64)
     kf.sum_all(sq, stats)
-    return _finish(stats, flags, "squared_hinge", C) / (N * C), grad
+    return _finish(stats, flags, "squared_hinge", s.shape[1]) / denom, grad
 
 
 def softmax_cross_entropy(scores, y):
     """Twin of :func:`minibnn.losses.softmax_cross_entropy`: ``-mean log p[y]``,
     ``grad = (p - onehot(y)) / N`` (one thread per row)."""
     s, y = _check(scores, y, "softmax_cross_entropy")
-    N, C = s.shape
-    grad = cuda.device_array((N, C), dtype=np.float32)
-    nll = cuda.device_array(N, dtype=np.float32)
-    flags = kf.zeros_flag(3)
+    grad, nll, flags, denom = _cross_entropy_terms(s, y)
     stats = cuda.device_array(1, dtype=np.float64)
-    kf.launch_elem(kf.softmax_ce_kernel, N, s, y, grad, nll, flags)
     kf.sum_all(nll, stats)
-    return _finish(stats, flags, "softmax_cross_entropy", C) / N, grad
+    return _finish(stats, flags, "softmax_cross_entropy", s.shape[1]) / denom, grad
+
+
+#: loss name (:data:`minibnn.registry.LOSSES`) -> (terms function, name in messages)
+_TERMS = {"squared_hinge": (_squared_hinge_terms, "squared_hinge"),
+          "cross_entropy": (_cross_entropy_terms, "softmax_cross_entropy")}
+
+
+class Accumulator:
+    """A training epoch's sums, kept on the device: the loss summed as ``loss * N`` per
+    batch (float64, the host loop's ``loss_sum``), the misclassified rows (int32, its
+    ``wrong``) and the error flags of every batch; :meth:`read` copies them back (one
+    sync) and raises there if any batch had NaN / inf scores or bad labels.
+
+    ``loss`` : a :data:`minibnn.registry.LOSSES` name (``"squared_hinge"`` or
+    ``"cross_entropy"``).  The float64 operations are the host's, in its order
+    (``sum += (batch_sum / denom) * N``), so a run resumed from ``read()`` values
+    continues the same sums.
+    """
+
+    def __init__(self, loss, loss_sum=0.0, wrong=0):
+        if loss not in _TERMS:
+            raise ValueError(f"Accumulator: unknown loss {loss!r} (known: {', '.join(_TERMS)})")
+        self.loss = loss
+        self._sum = cuda.device_array(1, dtype=np.float64)
+        self._wrong = new_error_counter()
+        self._flags = kf.zeros_flag(3)
+        self._stats = cuda.device_array(1, dtype=np.float64)
+        self._classes = 0
+        self.reset(loss_sum, wrong)
+
+    def reset(self, loss_sum=0.0, wrong=0):
+        """Start from host values (a new epoch: zeros; a resumed one: the checkpoint's)."""
+        self._sum.copy_to_device(np.array([float(loss_sum)], dtype=np.float64))
+        self._wrong.copy_to_device(np.array([int(wrong)], dtype=np.int32))
+        self._flags.copy_to_device(np.zeros(3, dtype=np.int32))
+
+    def add(self, scores, y):
+        """The loss gradient ``(N, C)`` float32 device array of one batch; its loss and
+        errors are added on the device (nothing is copied back)."""
+        terms, where = _TERMS[self.loss]
+        s, y = _check(scores, y, where)
+        grad, parts, flags, denom = terms(s, y)
+        self._classes = s.shape[1]
+        kf.sum_all(parts, self._stats)
+        kf.add_batch_loss_kernel[1, 1](self._stats, self._sum, denom, s.shape[0])
+        kf.launch_elem(kf.add_flags_kernel, 3, flags, self._flags)
+        kf.launch_elem(kf.error_count_kernel, s.shape[0], s, y, self._wrong)
+        return grad
+
+    def read(self):
+        """``(loss_sum float, wrong int)`` (one sync); ``ValueError`` with the host
+        loss's message if a batch since the last :meth:`reset` had bad scores or labels."""
+        f = self._flags.copy_to_host()
+        where = _TERMS[self.loss][1]
+        if f[0] or f[1]:
+            raise ValueError(f"{where}: scores contain {'NaN' if f[0] else 'inf'} "
+                             "(training diverged?)")
+        if f[2]:
+            raise ValueError(f"{where}: labels must be in [0, {self._classes}), "
+                             f"{int(f[2])} are not")
+        return float(self._sum.copy_to_host()[0]), int(self._wrong.copy_to_host()[0])
 
 
 def new_error_counter():

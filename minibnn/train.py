@@ -173,8 +173,13 @@ class Progress:
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.last = 0.0
 
+    def due(self, done, total):
+        """True when :meth:`update` would draw now (the device loop copies its sums
+        back only then)."""
+        return self.live and (time.time() - self.last >= 0.2 or done >= total)
+
     def update(self, epoch, epochs, done, total, images_per_s, loss, err):
-        if not self.live or (time.time() - self.last < 0.2 and done < total):
+        if not self.due(done, total):
             return
         self.last = time.time()
         width = 24
@@ -290,9 +295,10 @@ class EpochState:
                             seconds=self.seconds, stats=tracker)
 
     @classmethod
-    def from_checkpoint(cls, ckpt, model, n):
+    def from_checkpoint(cls, ckpt, tracker, n):
+        """``tracker``: a fresh :class:`minibnn.stats.EpochStats` of the model (the
+        loop's ``new_tracker()``), loaded here with the checkpoint's statistics."""
         acc = ckpt.meta.get("epoch_acc")
-        tracker = stats.EpochStats(model)
         state = cls(epoch=ckpt.epoch, perm=ckpt.check_perm(n), tracker=tracker, batch=ckpt.batch)
         if acc is None:   # a version-1 checkpoint: the epoch's row counts from here
             return state
@@ -307,31 +313,78 @@ class EpochState:
         return state
 
 
-def run_epoch(session, state, should_stop):
-    """Train from ``state.batch`` to the end of the epoch or until ``should_stop()``
-    (checked after each mini-batch); updates ``state`` in place and returns it."""
-    model, opt, cfg = session.model, session.opt, session.config
-    x_train, y_train = session.x_train, session.y_train
-    bs, n_batches = cfg.batch_size, session.n_batches
-    t0 = time.time()
-    while state.batch < n_batches:
-        idx = state.perm[state.batch * bs:(state.batch + 1) * bs]
-        xb, yb = x_train[idx], y_train[idx]
-        scores = model.forward(xb, training=True)
-        loss, grad = session.loss_fn(scores, yb)
-        model.backward(grad)
-        opt.step()
-        state.tracker.after_batch(model)
+class HostLoop:
+    """What :func:`train` does per mini-batch and per epoch, on NumPy arrays (the CPU
+    backends).  :class:`minibnn.device.DeviceLoop` is its device twin, with the same
+    methods; :func:`make_loop` picks one of the two once, by backend.
+
+    ``new_tracker()`` -> the epoch's :class:`minibnn.stats.EpochStats`; ``begin(state)``
+    starts or resumes an epoch; ``step(state, lo, hi)`` trains on the rows
+    ``state.perm[lo:hi]`` and adds to the epoch's sums; ``sync(state)`` brings sums kept
+    elsewhere into ``state`` (nothing to do here); ``evaluate(x, y, batch_size)`` -> error
+    rate; ``host_model()`` -> the model with NumPy arrays (statistics, checkpoints).
+    """
+
+    def __init__(self, session):
+        self.s = session
+
+    def new_tracker(self):
+        return stats.EpochStats(self.s.model)
+
+    def begin(self, state):
+        pass
+
+    def step(self, state, lo, hi):
+        s = self.s
+        idx = state.perm[lo:hi]
+        xb, yb = s.x_train[idx], s.y_train[idx]
+        scores = s.model.forward(xb, training=True)
+        loss, grad = s.loss_fn(scores, yb)
+        s.model.backward(grad)
+        s.opt.step()
+        state.tracker.after_batch(s.model)
         state.loss_sum += float(loss) * len(yb)
         state.wrong += int(np.sum(np.argmax(scores, axis=1) != yb))
         state.seen += len(yb)
+
+    def sync(self, state):
+        pass
+
+    def evaluate(self, x, y, batch_size):
+        return evaluate(self.s.model, x, y, batch_size)
+
+    def host_model(self):
+        return self.s.model
+
+
+def make_loop(session):
+    """The loop of ``session.config.backend``: :class:`minibnn.device.DeviceLoop` for
+    ``"cuda"`` (device-resident training), :class:`HostLoop` otherwise."""
+    if session.config.backend == "cuda":
+        from .device import DeviceLoop
+        return DeviceLoop(session)
+    return HostLoop(session)
+
+
+def run_epoch(session, state, should_stop):
+    """Train from ``state.batch`` to the end of the epoch or until ``should_stop()``
+    (checked after each mini-batch); updates ``state`` in place and returns it."""
+    loop, cfg = session.loop, session.config
+    bs, n_batches = cfg.batch_size, session.n_batches
+    t0 = time.time()
+    loop.begin(state)
+    while state.batch < n_batches:
+        loop.step(state, state.batch * bs, (state.batch + 1) * bs)
         state.batch += 1
         kill_point("batch")
-        session.bar.update(state.epoch + 1, cfg.epochs, state.batch, n_batches,
-                           state.seen / max(1e-9, state.seconds + time.time() - t0),
-                           state.loss_sum / state.seen, state.wrong / state.seen)
+        if session.bar.due(state.batch, n_batches):
+            loop.sync(state)
+            session.bar.update(state.epoch + 1, cfg.epochs, state.batch, n_batches,
+                               state.seen / max(1e-9, state.seconds + time.time() - t0),
+                               state.loss_sum / state.seen, state.wrong / state.seen)
         if should_stop():
             break
+    loop.sync(state)
     state.seconds += time.time() - t0
     session.bar.end_epoch()
     return state
@@ -367,6 +420,7 @@ class _Session:
             raise ValueError(f"batch size {config.batch_size} is larger than the training set "
                              f"({self.n} images)")
         self.bar = Progress(enabled=progress)
+        self.loop = None            # make_loop(self), once the checkpoint is loaded
 
     def restore(self, ckpt):
         """Load model, optimizer and random state from ``ckpt``; errors name its file."""
@@ -416,7 +470,8 @@ class _Session:
                                    best=best, elapsed=elapsed)
         if epoch_state is not None:
             run_state, meta["epoch_acc"] = epoch_state.to_checkpoint()
-        run.save_last(self.model.state_dict(), self.opt.state_dict(), meta, run_state)
+        run.save_last(self.loop.host_model().state_dict(), self.opt.state_dict(), meta,
+                      run_state)
 
 
 def _load_data(config, download):
@@ -486,8 +541,10 @@ def train(config, out_dir, resume=False, dataset=None, progress=True, log=print,
     if ckpt is not None:
         s.restore(ckpt)
         epoch, best, elapsed_before = ckpt.epoch, ckpt.meta["best"], ckpt.meta["elapsed"]
+    s.loop = make_loop(s)
+    if ckpt is not None:
         if ckpt.batch:
-            state = EpochState.from_checkpoint(ckpt, s.model, s.n)
+            state = EpochState.from_checkpoint(ckpt, s.loop.new_tracker(), s.n)
         dropped = run.trim_metrics(epoch)
         log(f"resumed from {run.last_path}: epoch {epoch}, batch {ckpt.batch}"
             + (f" ({dropped} metrics row(s) past the checkpoint dropped)" if dropped else ""))
@@ -504,7 +561,7 @@ def train(config, out_dir, resume=False, dataset=None, progress=True, log=print,
             lr = float(s.schedule(epoch))
             s.opt.lr = lr
             if state is None:
-                state = EpochState(epoch, s.data_rng.permutation(s.n), stats.EpochStats(s.model))
+                state = EpochState(epoch, s.data_rng.permutation(s.n), s.loop.new_tracker())
             run_epoch(s, state, stop.after_batch)
             if state.batch < s.n_batches:
                 s.checkpoint(run, (epoch, state.batch), best, elapsed(), state)
@@ -532,7 +589,7 @@ def _end_epoch(s, run, state, lr, best, elapsed, log):
     if improved:
         best = {"val_error": row["val_error"], "test_error": row["test_error"],
                 "epoch": state.epoch + 1}
-        run.save_best(s.model)
+        run.save_best(s.loop.host_model())
     log(f"epoch {state.epoch + 1:3d}/{s.config.epochs}  lr {lr:.2e}  "
         f"loss {row['train_loss']:.4f}  train {100 * row['train_error']:5.2f}%  "
         f"val {100 * row['val_error']:5.2f}%  test {100 * row['test_error']:5.2f}%  "
@@ -544,10 +601,10 @@ def _epoch_row(s, state, lr, elapsed):
     """The ``metrics.jsonl`` row of the finished epoch ``state``."""
     cfg = s.config
     t0 = time.time()
-    val_err = evaluate(s.model, s.x_val, s.y_val, cfg.eval_batch_size)
-    test_err = evaluate(s.model, s.x_test, s.y_test, cfg.eval_batch_size)
+    val_err = s.loop.evaluate(s.x_val, s.y_val, cfg.eval_batch_size)
+    test_err = s.loop.evaluate(s.x_test, s.y_test, cfg.eval_batch_size)
     row = dict(epoch=state.epoch + 1, lr=lr, train_loss=state.loss_sum / max(1, state.seen),
                train_error=state.wrong / max(1, state.seen), val_error=val_err,
                test_error=test_err, seconds=state.seconds + time.time() - t0, elapsed=elapsed())
-    row.update(state.tracker.summary(s.model))
+    row.update(state.tracker.summary(s.loop.host_model()))
     return row

@@ -709,3 +709,108 @@ def binary_conv2d(x, w, stride, padding):
     w (F, C, KH, KW) real -> (N, F, H', W') int32 (host arrays)."""
     return binary_conv2d_device(cuda.to_device(np.ascontiguousarray(x)), prepare_conv_weights(w),
                                 stride, padding).copy_to_host()
+
+
+# ---------------------------------------------------------------------------
+# Packed inference on the device: threshold + pack, bit planes, their sums
+# (device twins of kernels.threshold_pack, kernels.pack_bitplanes, the bit-plane GEMM;
+# used by minibnn.packed.runtime_cuda, so activations stay packed on the GPU)
+# ---------------------------------------------------------------------------
+
+if cuda is not None:
+    @cuda.jit
+    def _threshold_pack_kernel(s, t, out):
+        """out[n, w] (uint32) = bits j of (s[n, 32 w + j] >= t[32 w + j]), 0 past D."""
+        D = s.shape[1]
+        KWo = out.shape[1]
+        for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            n = e // KWo
+            w = e - n * KWo
+            word = uint32(0)
+            base = w * 32
+            for j in range(32):
+                d = base + j
+                if d < D and s[n, d] >= t[d]:
+                    word |= uint32(1) << uint32(j)
+            out[n, w] = word
+
+    @cuda.jit
+    def _bitplanes_kernel(p, out):
+        """p (N, K) uint8 -> out (8, N, KWo) uint32: bit j of word w of plane b is bit b
+        of p[n, 32 w + j] (0 past K)."""
+        K = p.shape[1]
+        N = out.shape[1]
+        KWo = out.shape[2]
+        for e in range(cuda.grid(1), N * KWo, cuda.gridsize(1)):
+            n = e // KWo
+            w = e - n * KWo
+            base = w * 32
+            for b in range(8):
+                word = uint32(0)
+                for j in range(32):
+                    kk = base + j
+                    if kk < K and (p[n, kk] >> b) & 1:
+                        word |= uint32(1) << uint32(j)
+                out[b, n, w] = word
+
+    @cuda.jit
+    def _shift_add_kernel(acc, g, shift):
+        """acc += g << shift (int32, flattened)."""
+        for e in range(cuda.grid(1), acc.size, cuda.gridsize(1)):
+            acc[e] += g[e] << shift
+
+
+def threshold_pack_device(s_dev, t_dev, out_dev=None):
+    """Device twin of :func:`minibnn.kernels.threshold_pack`: s (N, D) int32 and t (D,)
+    int32 device arrays -> (N, 2 ceil(D/64)) uint32 device words of ``s >= t`` (bit d in
+    word d // 32 at bit d % 32, padding zero: the uint64 words of the CPU viewed as
+    uint32), the next layer's packed input.  Asynchronous."""
+    _check_dev(s_dev, "s", np.int32, 2)
+    _check_dev(t_dev, "t", np.int32, 1)
+    N, D = s_dev.shape
+    if t_dev.shape != (D,):
+        raise ValueError(f"threshold_pack_device: t must have shape ({D},), got {t_dev.shape}")
+    if D == 0:
+        raise ValueError("threshold_pack_device: D = 0, nothing to pack")
+    if out_dev is None:
+        out_dev = cuda.device_array((N, 2 * n_words(D)), dtype=np.uint32)
+    else:
+        _check_dev(out_dev, "out", np.uint32, 2)
+        if out_dev.shape != (N, 2 * n_words(D)):
+            raise ValueError(f"threshold_pack_device: out must be {(N, 2 * n_words(D))}, "
+                             f"got {out_dev.shape}")
+    if out_dev.size:
+        _threshold_pack_kernel[_elem_grid(out_dev.size), ELEM_THREADS](s_dev, t_dev, out_dev)
+    return out_dev
+
+
+def bitplanes_device(p_dev):
+    """Device twin of :func:`minibnn.kernels.pack_bitplanes`: (N, K) uint8 device pixels
+    -> (8, N, 2 ceil(K/64)) uint32 device words (plane b holds bit b of every pixel)."""
+    _check_dev(p_dev, "p", np.uint8, 2)
+    N, K = p_dev.shape
+    if K == 0:
+        raise ValueError("bitplanes_device: K = 0 pixels per row")
+    out = cuda.device_array((8, N, 2 * n_words(K)), dtype=np.uint32)
+    if N:
+        _bitplanes_kernel[_elem_grid(N * out.shape[2]), ELEM_THREADS](p_dev, out)
+    return out
+
+
+def bitplane_gemm_device(planes_dev, b_dev, k, out_dev):
+    """Device twin of the bit-plane product: ``out (M, N) int32 = sum_b 2^b
+    xnor(planes[b], B)`` (planes (8, M, KW), B (N, KW) uint32 device words; the caller
+    keeps ``255 k`` within int32).  Eight XNOR GEMMs, each added with its shift on the
+    device.  Asynchronous."""
+    _check_dev(planes_dev, "planes", np.uint32, 3)
+    _check_dev(out_dev, "out", np.int32, 2)
+    M, N = out_dev.shape
+    g = cuda.device_array((M, N), dtype=np.int32)
+    if M == 0 or N == 0:
+        return out_dev
+    for b in range(8):
+        xnor_gemm_device(planes_dev[b], b_dev, k, out_dev if b == 0 else g)
+        if b:
+            _shift_add_kernel[_elem_grid(out_dev.size), ELEM_THREADS](
+                out_dev.reshape(out_dev.size), g.reshape(g.size), b)
+    return out_dev

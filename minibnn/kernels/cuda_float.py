@@ -50,7 +50,10 @@ if cuda is not None:
 SIMULATOR = kc.SIMULATOR
 ELEM_THREADS = kc.ELEM_THREADS
 ELEM_MAX_BLOCKS = kc.ELEM_MAX_BLOCKS
-RED_THREADS = 32 if SIMULATOR else 256          # threads of a per-feature reduction block
+RED_THREADS = 4 if SIMULATOR else 256           # threads of a per-feature reduction block
+# (the simulator: every barrier polls every Python thread of the block, so a
+# reduction block of 4 threads is ~10x faster than one of 32 and still exercises the
+# shared-memory tree)
 
 
 class SgemmConfig(NamedTuple):
@@ -843,3 +846,40 @@ if cuda is not None:
         """out = (1 - momentum) running + momentum batch (BatchNorm running statistics)."""
         for c in range(cuda.grid(1), out.size, cuda.gridsize(1)):
             out[c] = float32((1.0 - momentum) * running[c] + momentum * batch[c])
+
+
+# ---------------------------------------------------------------------------
+# epoch accumulators of the device-resident training loop (minibnn.device.DeviceLoop,
+# minibnn.stats.DeviceEpochStats, minibnn.losses_cuda.Accumulator): summed on the device,
+# copied back once per epoch, with the float64 operations of the host loop in its order
+# ---------------------------------------------------------------------------
+
+if cuda is not None:
+    @cuda.jit
+    def abs_gt1_count_kernel(x, counts, slot):
+        """counts[slot] += number of elements of the 1-D x with |x| > 1 (NaN counts not)."""
+        for t in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            v = x[t]
+            if v > 1.0 or v < -1.0:
+                cuda.atomic.add(counts, slot, 1)
+
+    @cuda.jit
+    def add_fraction_kernel(counts, acc, slot, size):
+        """One thread: acc[slot] += counts[slot] / size (float64), counts[slot] = 0 --
+        the host's ``cancel_sum += float(np.mean(mask))``, same float64 operations."""
+        if cuda.grid(1) == 0:
+            acc[slot] += float64(counts[slot]) / float64(size)
+            counts[slot] = 0
+
+    @cuda.jit
+    def add_batch_loss_kernel(stats, acc, denom, n):
+        """One thread: acc[0] += (stats[0] / denom) * n -- the host's
+        ``loss_sum += float(loss) * len(y)`` with ``loss = sum / denom`` (float64)."""
+        if cuda.grid(1) == 0:
+            acc[0] += (stats[0] / float64(denom)) * float64(n)
+
+    @cuda.jit
+    def add_flags_kernel(src, dst):
+        """dst[i] += src[i] (int32 error flags kept over many batches)."""
+        for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
+            dst[i] += src[i]

@@ -6,7 +6,9 @@ through :mod:`minibnn.packed.fileformat`); every array is checked before any ker
 it.  The kernels (threshold + pack, bit planes, the bit-plane GEMM, integer max pooling,
 XNOR GEMM, binary convolution) are :mod:`minibnn.kernels` functions on the model's
 backend.  See :mod:`minibnn.packed` for what each step computes and why it equals the
-float model.
+float model.  On the ``cuda`` backend the whole network runs on the GPU
+(:mod:`minibnn.packed.runtime_cuda`: packed bits between layers, the last layer's sums
+copied back).
 
 Shapes: N batch, K fan-in, F outputs, images (N, C, H, W), W = ceil(K/64) words.
 
@@ -151,6 +153,7 @@ class PackedModel:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{source}: malformed op ({type(exc).__name__}: {exc})") from None
         self.backend = None
+        self._device = None         # a runtime_cuda.DeviceRunner on the cuda backend
         self.set_backend(backend)
 
     # -- construction -------------------------------------------------------
@@ -186,11 +189,16 @@ class PackedModel:
             try:
                 for op in self.ops:
                     op.prepare(name)
+                device = None
+                if name == "cuda":      # the whole network on the GPU, bits between layers
+                    from .runtime_cuda import DeviceRunner
+                    if DeviceRunner.unsupported(self) is None:
+                        device = DeviceRunner(self)
             except BaseException:
                 for op, p in zip(self.ops, prepared):
                     op.prepared = p
                 raise
-            self.backend = name
+            self.backend, self._device = name, device
         return self
 
     # -- running ------------------------------------------------------------
@@ -273,6 +281,8 @@ class PackedModel:
         return kernels.xnor_gemm(act, op.prepared, op.K, backend=self.backend)
 
     def _run(self, x):
+        if self._device is not None:
+            return self._device.run(self._inputs(x))
         act = self._first(self._inputs(x))
         for op, nxt in zip(self.ops[1:-1], self.ops[2:]):
             act = self._emit(op, nxt, sums=self._sums(op, act))

@@ -1,0 +1,158 @@
+"""``train(..., backend="cuda")`` and packed inference on the device, end to end.
+
+Runs on a GPU or in Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where every
+CUDA thread is a Python thread: the data are the embedded MNIST sample averaged down to
+4 x 4 pixels (still 8-bit pixels, so the bit-plane first layer applies), the MLP has one
+hidden layer of 16 units, batches of 8.  What is checked:
+
+* one training step of the device loop (:class:`minibnn.device.DeviceLoop`) and of the
+  host loop (:class:`minibnn.train.HostLoop`) from the same state: the same updated
+  latent weights within ``rtol 1e-4`` (Adam divides by sqrt(v): float32 rounding of the
+  device SGEMM and reductions moves a weight by up to ~lr * 1e-3 * lr_scale), BN running
+  statistics within ``1e-5``, the same error count, the loss within ``1e-5``;
+* a 2-epoch device run writes a consistent run directory; interrupted inside its first
+  epoch and resumed, it ends with ``last.npz`` (model, optimizer, random state) equal
+  bit for bit to the uninterrupted run's and the same metrics rows; its ``best.npz``
+  loads and evaluates on the CPU;
+* the device packed model's predictions and integer sums equal the CPU packed model's
+  (bit-plane first layer: exact; float first layer: equal on these images).
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from minibnn import kernels
+
+if "cuda" not in kernels.available_backends():
+    pytest.skip("the cuda backend is not available here (no GPU; set NUMBA_ENABLE_CUDASIM=1 "
+                "to run the device training loop in Numba's simulator)", allow_module_level=True)
+
+from minibnn.checkpoint import load_checkpoint  # noqa: E402
+from minibnn.data import load_dataset  # noqa: E402
+from minibnn.data.datasets import Dataset  # noqa: E402
+from minibnn.model import Sequential  # noqa: E402
+from minibnn.packed import PackedModel  # noqa: E402
+from minibnn.train import HostLoop, TrainConfig, _Session, EpochState, evaluate, train  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+WALL_CLOCK = ("seconds", "elapsed")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_simulator_barriers():
+    """The simulator's barrier is a loop of the main thread polling the block's Python
+    threads; with the default 5 ms GIL switch interval each round waits for a switch.
+    A short interval makes these tests ~4x faster (no effect on a real GPU)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(old)
+
+
+def _pool(x):
+    """(N, 1, 28, 28) float images 2p/255-1 -> (N, 4, 4) uint8 pixels (7 x 7 means)."""
+    p = np.rint((x.astype(np.float64) + 1) * 127.5).reshape(len(x), 4, 7, 4, 7)
+    return np.rint(p.mean(axis=(2, 4))).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = load_dataset("sample")
+    return Dataset.from_arrays(_pool(ds.x_train[:16]), ds.y_train[:16], _pool(ds.x_test[:8]),
+                               ds.y_test[:8], _pool(ds.x_val[:8]), ds.y_val[:8], name="tiny")
+
+
+def _config(**kw):
+    base = dict(dataset="sample", hidden=16, depth=1, epochs=2, batch_size=8, backend="cuda",
+                eval_batch_size=8, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_one_step_on_cuda_matches_cpu(tiny):
+    from minibnn.device import DeviceLoop
+
+    host = _Session(_config(backend="cpu"), tiny, progress=False)
+    dev = _Session(_config(), tiny, progress=False)
+    for (n, p, _, _), (_, q, _, _) in zip(host.model.parameters(), dev.model.parameters()):
+        np.testing.assert_array_equal(p, q, err_msg=n)          # same seed, same start
+    host.loop, dev.loop = HostLoop(host), DeviceLoop(dev)
+    perm = np.random.default_rng(0).permutation(len(tiny.x_train))
+    states = []
+    for s in (host, dev):
+        state = EpochState(0, perm, s.loop.new_tracker())
+        s.loop.begin(state)
+        s.loop.step(state, 0, 8)
+        s.loop.sync(state)
+        states.append(state)
+    got = dev.loop.host_model()
+    for (n, p, _, _), (_, q, _, _) in zip(host.model.parameters(), got.parameters()):
+        assert not np.array_equal(p, host.loop.host_model() and p * 0), n   # moved at all
+        np.testing.assert_allclose(q, p, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(p).max()),
+                                   err_msg=n)
+    for (n, b), (_, c) in zip(host.model.buffers(), got.buffers()):
+        np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-5, err_msg=n)
+    (hs, ds_) = states
+    assert hs.wrong == ds_.wrong and hs.seen == ds_.seen == 8
+    np.testing.assert_allclose(ds_.loss_sum, hs.loss_sum, rtol=1e-5)
+    # the STE-cancel statistic, counted on the device, equals the host's
+    assert hs.tracker.summary(host.model)["ste_cancel"] == \
+        ds_.tracker.summary(got)["ste_cancel"]
+
+
+def _rows(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in rows]
+
+
+def test_cuda_run_resumes_bit_exact_and_best_evaluates_on_cpu(tiny, tmp_path):
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    quiet = dict(progress=False, log=lambda msg: None)
+    summary = train(_config(), whole, dataset=tiny, **quiet)
+    assert summary["finished"] and summary["epochs_planned"] == 2
+    with open(os.path.join(whole, "config.json")) as f:
+        assert json.load(f)["backend"] == "cuda"
+    rows = _rows(whole)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]["flip_ratio"]) == {"1.w", "4.w"} and "3" in rows[0]["ste_cancel"]
+
+    stopped = train(_config(), parts, dataset=tiny, stop_after_batches=1, **quiet)
+    assert not stopped["finished"]
+    train(None, parts, resume=True, dataset=tiny, **quiet)
+    assert _rows(parts) == rows
+    a_model, a_opt, a_meta, a_run = load_checkpoint(os.path.join(whole, "last.npz"), True)
+    b_model, b_opt, b_meta, b_run = load_checkpoint(os.path.join(parts, "last.npz"), True)
+    for a, b in ((a_model, b_model), (a_opt, b_opt)):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+    assert a_meta["rng"] == b_meta["rng"] and a_meta["best"] == b_meta["best"]
+
+    # best.npz is an ordinary model file: it loads and evaluates on the CPU, and its
+    # test error there is the one the device run recorded (a float first layer could
+    # move at most an image whose pre-activation is within float32 rounding of 0)
+    best = Sequential.load(os.path.join(whole, "best.npz"))
+    cpu_err = evaluate(best, tiny.x_test, tiny.y_test)
+    assert abs(cpu_err - summary["test_error_at_best"]) <= 1 / len(tiny.y_test)
+
+
+@pytest.mark.parametrize("first_layer", ["bitplane", "float"])
+def test_device_packed_predictions_equal_cpu(tiny, tmp_path, first_layer):
+    from minibnn import zoo
+    model = zoo.mnist_mlp(hidden=40, depth=2, in_features=16, seed=5)
+    # a few training-mode passes so the BN running statistics are not the defaults
+    for i in range(0, 16, 8):
+        model.forward(tiny.x_train[i:i + 8], training=True)
+    path = str(tmp_path / "m.bnn")
+    PackedModel.from_model(model, first_layer=first_layer, input_shape=(1, 4, 4)).save(path)
+    cpu = PackedModel.load(path, backend="cpu")
+    gpu = PackedModel.load(path, backend="cuda")
+    assert gpu._device is not None                   # the device runtime, not per-kernel copies
+    x = np.concatenate([tiny.x_train, tiny.x_test])
+    np.testing.assert_array_equal(gpu.integer_scores(x), cpu.integer_scores(x))
+    np.testing.assert_array_equal(gpu.predict(x, batch_size=10), cpu.predict(x, batch_size=10))
