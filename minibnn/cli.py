@@ -324,7 +324,8 @@ def _cmd_eval(args, parser):
                       "test_error": errors / len(y), "errors": errors,
                       "images_per_s": len(y) / seconds if seconds > 0 else None,
                       "seconds": seconds, "batch_size": args.batch_size,
-                      "backend": model.backend, "first_layer": model.first_layer}))
+                      "backend": model.backend, "device_resident": model.device_resident,
+                      "first_layer": model.first_layer}))
     return 0
 
 

@@ -15,11 +15,18 @@ A training step on the GPU is the CPU step with every array on the device::
         opt.step()
     device.to_host(model)                    # back to NumPy (checkpoints, packing)
 
+``minibnn train --backend cuda`` runs this through :class:`DeviceLoop` (chosen once by
+:func:`minibnn.train.loop_class`): the same step, with the loss and error counts summed
+on the device (:class:`minibnn.losses_cuda.Accumulator`) and the epoch's statistics
+counted there (:class:`minibnn.stats.DeviceEpochStats`); a host copy of the model is
+refreshed at the end of each epoch for ``best.npz`` / ``last.npz``.
+
 The layers pick their op module by where the arrays live (:func:`minibnn.dispatch.twin`:
 :mod:`minibnn.functional` or :mod:`minibnn.functional_cuda`), the optimizer its kernels
 likewise (:mod:`minibnn.kernels.optim_cpu` or :mod:`minibnn.kernels.optim_cuda`), so the
-model code is the CPU code.  Nothing in a step copies to the host except the loss (one
-float) and the small flags of the binary layers' +-1 / NaN checks.
+model code is the CPU code.  Nothing in a step copies to the host except the small flags
+of the binary layers' +-1 / NaN checks and of the optimizer's finite-gradient check (and,
+outside :class:`DeviceLoop`, the loss: one float).
 
 Memory: numba.cuda allocates every array with ``cuMemAlloc`` and frees in batches with
 ``cuMemFree``, which synchronizes the device; a step allocates a few dozen temporaries.
@@ -223,11 +230,28 @@ class DeviceLoop:
     the same device random streams.
     """
 
+    #: run settings whose ops have no device twin yet: setting -> (value, why)
+    UNSUPPORTED = {"bn": ("shift", "ShiftBatchNorm has no device twin yet (use --bn standard)"),
+                   "optimizer": ("bop", "Bop has no device update yet (use adam, adamax, "
+                                        "shift-adamax or sgd)")}
+
+    @classmethod
+    def check(cls, config):
+        """Refuse, before a run directory is made, a config this loop cannot train:
+        :class:`minibnn.kernels.BackendUnavailable` naming the setting."""
+        from .kernels import BackendUnavailable
+
+        for field, (value, why) in cls.UNSUPPORTED.items():
+            if getattr(config, field) == value:
+                raise BackendUnavailable(f"backend 'cuda': {field} {value!r}: {why}, or "
+                                         "train on backend 'cpu'")
+
     def __init__(self, session):
         import copy
 
         from . import losses_cuda
 
+        kf.quiet_low_occupancy_warnings()
         self.model, self.opt = session.model, session.opt
         self._host = copy.deepcopy(session.model)
         to_device(self.model)

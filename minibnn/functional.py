@@ -42,7 +42,7 @@ References: Hubara et al., "Binarized Neural Networks", NIPS 2016: Sec. 1.1-1.3
 import numpy as np
 
 from . import checks, kernels
-from .kernels import pool, reference, unfold
+from .kernels import conv_train, norm_cpu, pool, reference, unfold
 from .kernels.backend import BACKENDS, resolve_name
 from .quantize import (ap2, sign, ste_mask, ste_sign_backward, ste_sign_forward,
                        stochastic_sign)
@@ -472,7 +472,12 @@ def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, 
 
 
 def binary_conv2d_backward(dout, cache):
-    """Gradients of :func:`binary_conv2d_forward` (im2col/col2im, float).
+    """Gradients of :func:`binary_conv2d_forward` (float GEMMs against sign(w)).
+
+    Rule: ``dw = dout_rows.T @ im2col(x)``, ``dx = col2im(dout_rows @ w_mat)``.  Stride
+    1 runs it as implicit GEMMs per tap without unfolding anything
+    (:func:`minibnn.kernels.conv_train.conv_backward`, equal to rounding); other strides
+    through im2col / col2im.
 
     dout : (N, F, H', W').  Returns ``dx (N, C, H, W)`` (exact, for fixed sign(w)),
     ``dw (F, C, KH, KW)`` (w.r.t. sign(w), straight through), ``db (F,)`` or None.
@@ -480,13 +485,27 @@ def binary_conv2d_backward(dout, cache):
     x, wb = cache["x"], cache["w_b"]
     F, C, KH, KW = wb.shape
     stride, padding = cache["stride"], cache["padding"]
+    expected = (x.shape[0], F, conv_output_size(x.shape[2], KH, stride, padding),
+                conv_output_size(x.shape[3], KW, stride, padding))
+    if dout.shape != expected:       # the kernels below do not bounds-check
+        raise ValueError(f"binary_conv2d_backward: dout must have shape {expected} (the "
+                         f"forward's output), got {dout.shape}")
+    db = dout.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
+    dtype = np.result_type(np.float32, dout.dtype, x.dtype)
+    if stride == 1:
+        # implicit GEMMs per tap on a padded channel-major layout, no im2col / col2im
+        # (kernels/conv_train.py); w_b is +-1, exact in any float dtype
+        d, xx = np.ascontiguousarray(dout, dtype=dtype), np.ascontiguousarray(x, dtype=dtype)
+        wm = np.ascontiguousarray(wb.reshape(F, -1), dtype=dtype)
+        if conv_train.supported(xx, d, wm, stride):
+            dx, dw = conv_train.conv_backward(d, xx, wm, KH, KW, padding)
+            return dx, dw.reshape(wb.shape), db
     cols = cache["cols"]
     if cols is None:             # packed forward: the float unfolding is needed only now
         cols = im2col(x, KH, KW, stride, padding)
     d2 = _nchw_to_rows(dout)
     dw = (d2.T @ cols).reshape(wb.shape)
     dx = col2im(d2 @ wb.reshape(F, -1), x.shape, KH, KW, stride, padding)
-    db = dout.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
     return dx, dw, db
 
 
@@ -556,6 +575,10 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     ``batch_mean`` and ``batch_var`` ((D,) / (C,)), the statistics the running ones are
     updated with (:func:`running_average`).
 
+    Train mode on C-contiguous (N, C, H, W) float input runs the fused kernel
+    :func:`minibnn.kernels.norm_cpu.batchnorm_train_forward` (same rule; this NumPy code
+    is its twin, equal to rounding).
+
     Defaults follow Courbariaux's BinaryNet code (Lasagne ``BatchNormLayer(epsilon=1e-4,
     alpha=.1)``).  Lasagne averages ``1/sqrt(var + eps)``; we average ``var`` (as
     PyTorch does) -- the same at convergence of the statistics.
@@ -565,6 +588,15 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     x = as_input(x)
     mode = _check_mode(mode, running_mean, running_var, "batchnorm_forward")
     axes, bshape = _feature_axes(x, "batchnorm_forward")
+    if (mode == "train" and norm_cpu.fusable(x)
+            and np.shape(gamma) == np.shape(beta) == (x.shape[1],)     # no bounds checks
+            and np.result_type(x.dtype, np.asarray(gamma).dtype, np.asarray(beta).dtype) == x.dtype):
+        # (N, C, H, W): the same rule in two passes per channel (kernels/norm_cpu.py)
+        out, xhat, mu, var, inv_std = norm_cpu.batchnorm_train_forward(x, gamma, beta, eps)
+        _update_running(running_mean, mu, momentum)
+        _update_running(running_var, var, momentum)
+        return out, {"xhat": xhat, "inv_std": inv_std, "gamma": gamma, "mode": mode,
+                     "batch_mean": mu, "batch_var": var}
     if mode == "train":
         mu = x.mean(axis=axes)
         var = x.var(axis=axes)
@@ -597,6 +629,10 @@ def batchnorm_backward(dout, cache):
     """
     axes, bshape = _feature_axes(dout, "batchnorm_backward")
     xhat, inv_std, gamma = cache["xhat"], cache["inv_std"], cache["gamma"]
+    if (cache["mode"] == "train" and norm_cpu.fusable(dout, xhat)
+            and np.shape(gamma) == np.shape(inv_std) == (dout.shape[1],)
+            and np.result_type(dout.dtype, np.asarray(gamma).dtype, inv_std.dtype) == dout.dtype):
+        return norm_cpu.batchnorm_train_backward(dout, xhat, gamma, inv_std)
     dbeta = dout.sum(axis=axes)
     dgamma = (dout * xhat).sum(axis=axes)
     scale = np.reshape(gamma * inv_std, bshape)

@@ -160,8 +160,8 @@ def make_loss(name):
     return _lookup(LOSSES, "loss", name)()
 
 
-def make_model(config, input_shape):
-    """The model of ``config`` for inputs of ``input_shape`` (C, H, W)."""
+def make_model(config, input_shape, n_classes=10):
+    """The model of ``config`` for inputs of ``input_shape`` (C, H, W) and ``n_classes``."""
     import numpy as np
 
     zoo = _mod("zoo")
@@ -174,8 +174,11 @@ def make_model(config, input_shape):
                   in_features=int(np.prod(input_shape)), dropout_in=config.dropout_in,
                   dropout_hidden=config.dropout_hidden)
     else:
-        kw = dict(width=config.width, in_channels=input_shape[0])
-    kw.update(bn=config.bn, backend=config.backend, seed=config.seed)
+        if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+            raise ValueError(f"architecture {arch!r} needs square (C, H, H) images, "
+                             f"got {tuple(input_shape)}")
+        kw = dict(width=config.width, in_channels=input_shape[0], image_size=input_shape[1])
+    kw.update(n_classes=n_classes, bn=config.bn, backend=config.backend, seed=config.seed)
     if config.stochastic_weights:
         if not accepts(builder, "stochastic_weights"):
             raise ValueError(f"stochastic_weights: architecture {arch!r} does not support "

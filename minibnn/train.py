@@ -27,6 +27,15 @@ original horizon (``schedule_epochs``), so exponential decay continues at the sa
 factor per epoch, below ``lr_end``.
 
 The last incomplete mini-batch of an epoch is dropped, as in the paper's code.
+
+Backends: the loop body (one mini-batch, the epoch's sums, evaluation, the host view of
+the model for statistics and checkpoints) is an object chosen once by
+:func:`loop_class`: :class:`HostLoop` on the CPU backends, and on ``cuda``
+:class:`minibnn.device.DeviceLoop`, which keeps the model, the optimizer state and the
+dataset on the GPU for the whole run, sums the loss and errors there and copies them
+back once per epoch (or per progress-bar refresh).  Checkpoints have the same format
+either way (written from host copies), so a run moves between backends on resume; on
+the same device a resumed ``cuda`` run is bit-exact too.
 """
 
 import dataclasses
@@ -76,10 +85,16 @@ class TrainConfig:
     def resolved_arch(self, input_shape=None):
         return self.arch or registry.default_arch(self.dataset, input_shape)
 
-    def validated(self):
-        """``self`` after checking every field; ``ValueError``/``TypeError`` naming it."""
+    def validated(self, own_data=False):
+        """``self`` after checking every field; ``ValueError``/``TypeError`` naming it.
+
+        ``own_data``: the run trains on a :class:`minibnn.data.Dataset` handed to
+        :func:`train` (e.g. ``Dataset.from_arrays``), so ``dataset`` is only its label."""
         datasets = registry.datasets()
-        if not isinstance(self.dataset, str) or not (
+        if own_data:
+            if not isinstance(self.dataset, str) or not self.dataset:
+                raise ValueError(f"dataset must be a non-empty label, got {self.dataset!r}")
+        elif not isinstance(self.dataset, str) or not (
                 self.dataset in datasets or self.dataset.startswith(registry.NPZ_PREFIX)):
             raise ValueError(f"dataset must be one of {', '.join(datasets)} or "
                              f"{registry.NPZ_PREFIX}PATH; got {self.dataset!r}")
@@ -226,7 +241,7 @@ class _InterruptFlag:
 # resume: which settings
 # ---------------------------------------------------------------------------
 
-def resume_config(stored, requested=None, extend_epochs=None, source="last.npz"):
+def resume_config(stored, requested=None, extend_epochs=None, source="last.npz", own_data=False):
     """The config a resumed run uses: ``stored`` (a dict from the checkpoint), with
     ``requested`` checked against it.
 
@@ -235,10 +250,10 @@ def resume_config(stored, requested=None, extend_epochs=None, source="last.npz")
     the flags that were given).  A difference outside ``RESUME_MAY_CHANGE`` raises
     ``ValueError`` listing every one.  ``extend_epochs=N``: ``epochs`` becomes the stored
     plan + N (``requested`` epochs are not compared) and ``schedule_epochs`` keeps the
-    original horizon.
+    original horizon.  ``own_data``: see :meth:`TrainConfig.validated`.
     """
     try:
-        config = TrainConfig.from_dict(stored).validated()
+        config = TrainConfig.from_dict(stored).validated(own_data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{source}: the stored configuration is not valid ({exc})") from None
     if requested is None:
@@ -266,7 +281,7 @@ def resume_config(stored, requested=None, extend_epochs=None, source="last.npz")
         n = check_int(extend_epochs, "extend_epochs", minimum=1)
         config = dataclasses.replace(config, epochs=config.epochs + n,
                                      schedule_epochs=config.schedule_epochs or config.epochs)
-    return config.validated(), changes
+    return config.validated(own_data), changes
 
 
 # ---------------------------------------------------------------------------
@@ -328,6 +343,10 @@ class HostLoop:
     def __init__(self, session):
         self.s = session
 
+    @classmethod
+    def check(cls, config):
+        """Every valid config trains on the host."""
+
     def new_tracker(self):
         return stats.EpochStats(self.s.model)
 
@@ -357,13 +376,19 @@ class HostLoop:
         return self.s.model
 
 
-def make_loop(session):
-    """The loop of ``session.config.backend``: :class:`minibnn.device.DeviceLoop` for
-    ``"cuda"`` (device-resident training), :class:`HostLoop` otherwise."""
-    if session.config.backend == "cuda":
+def loop_class(config):
+    """The loop class of ``config.backend`` (the one place the training loop depends on
+    the backend): :class:`minibnn.device.DeviceLoop` for ``"cuda"`` (device-resident
+    training), :class:`HostLoop` otherwise."""
+    if config.backend == "cuda":
         from .device import DeviceLoop
-        return DeviceLoop(session)
-    return HostLoop(session)
+        return DeviceLoop
+    return HostLoop
+
+
+def make_loop(session):
+    """The loop object of ``session`` (see :func:`loop_class`)."""
+    return loop_class(session.config)(session)
 
 
 def run_epoch(session, state, should_stop):
@@ -401,15 +426,19 @@ def _better(val_err, best):
     return val_err < (math.nan if b is None else b)
 
 
-class _Session:
-    """What one call of :func:`train` works with."""
+class Session:
+    """What one call of :func:`train` works with: the config, the data splits (host
+    arrays), the model, optimizer, schedule and loss built from the config, the data
+    order's generator, the progress bar and, once a checkpoint is loaded, ``loop`` (see
+    :func:`make_loop`)."""
 
     def __init__(self, config, dataset, progress):
         self.config = config
         self.x_train, self.y_train = dataset.x_train, dataset.y_train
         self.x_val, self.y_val = dataset.x_val, dataset.y_val
         self.x_test, self.y_test = dataset.x_test, dataset.y_test
-        self.model = registry.make_model(config, self.x_train.shape[1:])
+        self.model = registry.make_model(config, self.x_train.shape[1:],
+                                         getattr(dataset, "n_classes", 10))
         self.opt = registry.make_optimizer(config, self.model)
         self.schedule = registry.make_schedule(config)
         self.loss_fn = registry.make_loss(config.loss)
@@ -483,7 +512,7 @@ def _load_data(config, download):
     return load_dataset(config.dataset, **kw)
 
 
-def _open_run(out_dir, config, resume, extend_epochs, log):
+def _open_run(out_dir, config, resume, extend_epochs, log, own_data=False):
     """``(RunDir, config, Checkpoint or None)``, the directory created and config.json
     written; every check that can refuse the run comes before anything is written."""
     from .kernels import get_backend
@@ -492,7 +521,7 @@ def _open_run(out_dir, config, resume, extend_epochs, log):
     if resume:
         ckpt = run.load_last()
         config, changes = resume_config(ckpt.meta["config"], config, extend_epochs,
-                                        source=ckpt.path)
+                                        source=ckpt.path, own_data=own_data)
         for k, v in changes.items():
             log(f"resume: {k} {v!r} for this session (stored: {ckpt.meta['config'][k]!r})")
     else:
@@ -500,8 +529,9 @@ def _open_run(out_dir, config, resume, extend_epochs, log):
             raise ValueError("extend_epochs continues a stored run: it needs resume=True")
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
-        config.validated()
+        config.validated(own_data)
     get_backend(config.backend)  # an unavailable backend fails here, before any file is made
+    loop_class(config).check(config)
     run.create()
     run.write_config(dataclasses.asdict(config))
     return run, config, ckpt
@@ -529,13 +559,15 @@ def train(config, out_dir, resume=False, dataset=None, progress=True, log=print,
     ``config``: a :class:`TrainConfig`; on resume it may also be ``None`` or a mapping of
     the settings asked for (see :func:`resume_config`).  ``dataset``: an already loaded
     :class:`minibnn.data.Dataset` (else loaded from ``config``; ``download=False``
-    forbids fetching a missing dataset).  ``stop_after_batches``: stop (as Ctrl-C would)
+    forbids fetching a missing dataset); with one, ``config.dataset`` is only its label
+    and the model follows its image shape and ``n_classes``.  ``stop_after_batches``: stop (as Ctrl-C would)
     after that many mini-batches of this call -- used by the tests.  ``extend_epochs``:
     with ``resume``, train N epochs past the stored plan.
     """
-    run, config, ckpt = _open_run(out_dir, config, resume, extend_epochs, log)
-    s = _Session(config, dataset if dataset is not None else _load_data(config, download),
-                 progress)
+    run, config, ckpt = _open_run(out_dir, config, resume, extend_epochs, log,
+                                  own_data=dataset is not None)
+    s = Session(config, dataset if dataset is not None else _load_data(config, download),
+                progress)
     best = {"val_error": math.inf, "test_error": math.nan, "epoch": -1}
     elapsed_before, epoch, state = 0.0, 0, None
     if ckpt is not None:

@@ -32,6 +32,19 @@ def fast_backend(request):
     return request.param
 
 
+@pytest.fixture(scope="module")
+def fast_simulator_barriers():
+    """Under Numba's CUDA simulator a block barrier is the main thread polling the
+    block's Python threads; with the default 5 ms GIL switch interval each round waits
+    for a switch.  A short interval makes simulated kernels several times faster (no
+    effect on a real GPU).  Used by the device test modules."""
+    import sys
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    yield
+    sys.setswitchinterval(old)
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``plot`` need the optional ``plot`` extra: skip them, with the reason,
     where matplotlib is not installed (the README's test command installs only ``test``);

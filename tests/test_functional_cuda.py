@@ -32,9 +32,13 @@ from minibnn import losses_cuda as LG  # noqa: E402
 
 RTOL = 1e-5
 
+
+
 # the simulator runs the counter-based RNG's uint64 arithmetic as NumPy scalars, which
 # warn on the (intended) wraparound; compiled kernels do not
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+# faster barriers in the simulator: the fixture is in tests/conftest.py
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+              pytest.mark.usefixtures("fast_simulator_barriers")]
 
 
 def rng_for(seed):

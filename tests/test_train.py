@@ -360,3 +360,26 @@ def test_stochastic_weights_run_resumes_bit_exactly(tmp_path, sample):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert json.load(open(cut / "config.json"))["stochastic_weights"] is True
+
+
+def test_train_on_own_arrays_follows_their_shape_and_classes(tmp_path):
+    """Dataset.from_arrays into train(): the label is free, the model follows the data's
+    image shape and number of classes, and the run resumes with the same dataset."""
+    from minibnn.data import Dataset
+    from minibnn.model import Sequential
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (400, 6, 5), dtype=np.uint8)
+    y = rng.integers(0, 4, 400)
+    ds = Dataset.from_arrays(x[:300], y[:300], x[300:], y[300:], n_classes=4, name="mine")
+    cfg = TrainConfig(dataset="mine", hidden=16, depth=1, epochs=2, batch_size=50, seed=3)
+    s = train(cfg, tmp_path, dataset=ds, progress=False, log=lambda *a: None,
+              stop_after_batches=7)
+    assert not s["finished"]
+    s = train(None, tmp_path, resume=True, dataset=ds, progress=False, log=lambda *a: None)
+    assert s["finished"]
+    model = Sequential.load(tmp_path / "best.npz")
+    assert model.forward(ds.x_test[:3], training=False).shape == (3, 4)
+    with pytest.raises(ValueError, match="dataset"):
+        train(TrainConfig(dataset="mine"), tmp_path / "other", progress=False,
+              log=lambda *a: None)

@@ -7,15 +7,20 @@ hidden layer of 16 units, batches of 8.  What is checked:
 
 * one training step of the device loop (:class:`minibnn.device.DeviceLoop`) and of the
   host loop (:class:`minibnn.train.HostLoop`) from the same state: the same updated
-  latent weights within ``rtol 1e-4`` (Adam divides by sqrt(v): float32 rounding of the
-  device SGEMM and reductions moves a weight by up to ~lr * 1e-3 * lr_scale), BN running
-  statistics within ``1e-5``, the same error count, the loss within ``1e-5``;
+  latent weights within ``rtol 1e-4`` wherever the gradient is more than float32 noise
+  (above 1e-4 of its largest entry), and within two Adam steps (a first step moves a
+  weight by at most ``lr * lr_scale``, each side either way) where it is noise; BN running statistics within
+  ``1e-5``, the same error count, the loss within ``1e-5``;
 * a 2-epoch device run writes a consistent run directory; interrupted inside its first
   epoch and resumed, it ends with ``last.npz`` (model, optimizer, random state) equal
   bit for bit to the uninterrupted run's and the same metrics rows; its ``best.npz``
   loads and evaluates on the CPU;
 * the device packed model's predictions and integer sums equal the CPU packed model's
-  (bit-plane first layer: exact; float first layer: equal on these images).
+  (bit-plane first layer: exact; float first layer: equal on these images), for an MLP
+  and a small ConvNet (packed convolutions, flip-aware integer pooling);
+* the command line: ``train --backend cuda``, ``export``, ``eval --backend cuda``;
+* settings without device twins (shift BN, Bop) are refused before anything is written,
+  and the device loss accumulator sums like the host loop and reports a NaN batch.
 """
 
 import json
@@ -36,27 +41,25 @@ from minibnn.data import load_dataset  # noqa: E402
 from minibnn.data.datasets import Dataset  # noqa: E402
 from minibnn.model import Sequential  # noqa: E402
 from minibnn.packed import PackedModel  # noqa: E402
-from minibnn.train import HostLoop, TrainConfig, _Session, EpochState, evaluate, train  # noqa: E402
+from minibnn.train import EpochState, HostLoop, Session, TrainConfig, evaluate, train  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+# faster barriers in the simulator: the fixture is in tests/conftest.py
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+              pytest.mark.usefixtures("fast_simulator_barriers")]
 WALL_CLOCK = ("seconds", "elapsed")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_simulator_barriers():
-    """The simulator's barrier is a loop of the main thread polling the block's Python
-    threads; with the default 5 ms GIL switch interval each round waits for a switch.
-    A short interval makes these tests ~4x faster (no effect on a real GPU)."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    yield
-    sys.setswitchinterval(old)
 
 
 def _pool(x):
     """(N, 1, 28, 28) float images 2p/255-1 -> (N, 4, 4) uint8 pixels (7 x 7 means)."""
     p = np.rint((x.astype(np.float64) + 1) * 127.5).reshape(len(x), 4, 7, 4, 7)
     return np.rint(p.mean(axis=(2, 4))).astype(np.uint8)
+
+
+def _pool_back(x):
+    """The uint8 pixels behind float images 2p/255-1 (the npz form of a dataset)."""
+    return np.rint((x.astype(np.float64) + 1) * 127.5).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +79,11 @@ def _config(**kw):
 def test_one_step_on_cuda_matches_cpu(tiny):
     from minibnn.device import DeviceLoop
 
-    host = _Session(_config(backend="cpu"), tiny, progress=False)
-    dev = _Session(_config(), tiny, progress=False)
+    host = Session(_config(backend="cpu"), tiny, progress=False)
+    dev = Session(_config(), tiny, progress=False)
     for (n, p, _, _), (_, q, _, _) in zip(host.model.parameters(), dev.model.parameters()):
         np.testing.assert_array_equal(p, q, err_msg=n)          # same seed, same start
+    start = {n: p.copy() for n, p, _, _ in host.model.parameters()}
     host.loop, dev.loop = HostLoop(host), DeviceLoop(dev)
     perm = np.random.default_rng(0).permutation(len(tiny.x_train))
     states = []
@@ -90,10 +94,17 @@ def test_one_step_on_cuda_matches_cpu(tiny):
         s.loop.sync(state)
         states.append(state)
     got = dev.loop.host_model()
-    for (n, p, _, _), (_, q, _, _) in zip(host.model.parameters(), got.parameters()):
-        assert not np.array_equal(p, host.loop.host_model() and p * 0), n   # moved at all
-        np.testing.assert_allclose(q, p, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(p).max()),
-                                   err_msg=n)
+    lr = host.opt.lr
+    for (n, p, g, info), (_, q, _, _) in zip(host.model.parameters(), got.parameters()):
+        assert not np.array_equal(p, start[n]), n                  # the step moved it
+        # Adam's first step is lr * g / (|g| + eps): where the gradient is float32
+        # rounding noise (an input feature constant over the batch: BN's backward removes
+        # the batch mean) the two sides may move the weight differently, by at most one
+        # step lr * lr_scale each; elsewhere they agree to rtol 1e-4
+        real = np.abs(g) > 1e-4 * np.abs(g).max()
+        np.testing.assert_allclose(q[real], p[real], rtol=1e-4, atol=1e-4, err_msg=n)
+        step = lr * info.get("lr_scale", 1.0)
+        assert np.all(np.abs(q - p) <= 2 * step * (1 + 1e-6)), n
     for (n, b), (_, c) in zip(host.model.buffers(), got.buffers()):
         np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-5, err_msg=n)
     (hs, ds_) = states
@@ -152,7 +163,88 @@ def test_device_packed_predictions_equal_cpu(tiny, tmp_path, first_layer):
     PackedModel.from_model(model, first_layer=first_layer, input_shape=(1, 4, 4)).save(path)
     cpu = PackedModel.load(path, backend="cpu")
     gpu = PackedModel.load(path, backend="cuda")
-    assert gpu._device is not None                   # the device runtime, not per-kernel copies
+    assert gpu.device_resident and not cpu.device_resident   # not per-kernel copies
     x = np.concatenate([tiny.x_train, tiny.x_test])
     np.testing.assert_array_equal(gpu.integer_scores(x), cpu.integer_scores(x))
     np.testing.assert_array_equal(gpu.predict(x, batch_size=10), cpu.predict(x, batch_size=10))
+
+
+def test_cuda_refuses_settings_without_device_twins_before_writing(tiny, tmp_path):
+    from minibnn.kernels import BackendUnavailable
+    for setting in (dict(bn="shift"), dict(optimizer="bop")):
+        out = tmp_path / next(iter(setting.values()))
+        with pytest.raises(BackendUnavailable, match=next(iter(setting))):
+            train(_config(**setting), str(out), dataset=tiny, progress=False)
+        assert not out.exists()
+
+
+def test_device_accumulator_sums_like_the_host_and_reports_bad_batches():
+    from numba import cuda
+
+    from minibnn import losses
+    from minibnn.losses_cuda import Accumulator
+    r = np.random.default_rng(4)
+    acc = Accumulator("squared_hinge", loss_sum=1.5, wrong=2)
+    want_sum, want_wrong = 1.5, 2
+    for _ in range(2):
+        s = r.standard_normal((5, 10)).astype(np.float32)
+        y = r.integers(0, 10, 5)
+        grad = acc.add(cuda.to_device(s), cuda.to_device(y.astype(np.int32)))
+        loss, g = losses.squared_hinge(s, y, 10)
+        np.testing.assert_allclose(grad.copy_to_host(), g, rtol=1e-6, atol=1e-7)
+        want_sum += float(loss) * 5
+        want_wrong += int(np.sum(np.argmax(s, axis=1) != y))
+    got_sum, got_wrong = acc.read()
+    assert got_wrong == want_wrong
+    np.testing.assert_allclose(got_sum, want_sum, rtol=1e-6)
+    s[0, 0] = np.nan
+    acc.add(cuda.to_device(s), cuda.to_device(y.astype(np.int32)))
+    with pytest.raises(ValueError, match="squared_hinge: scores contain NaN"):
+        acc.read()
+
+
+@pytest.mark.parametrize("first_layer", ["bitplane", "float"])
+def test_device_packed_convnet_equals_cpu(tmp_path, first_layer):
+    """The ConvNet path: packed convolutions, flip-aware integer max pooling, threshold +
+    sign between convolutions, threshold + pack into the dense layers."""
+    from minibnn import zoo
+    r = np.random.default_rng(6)
+    pixels = r.integers(0, 256, (3, 1, 8, 8)).astype(np.uint8)
+    x = (pixels.astype(np.float32) / np.float32(127.5) - np.float32(1.0))
+    model = zoo.cifar10_convnet(width=1 / 64, in_channels=1, image_size=8, fc_units=8, seed=2)
+    model.forward(x, training=True)         # BN running statistics off their defaults
+    for layer in model.layers:              # and some negative gammas: flipped channels
+        if "gamma" in layer.params:
+            g = layer.params["gamma"]
+            g[::2] *= -1
+    path = str(tmp_path / "c.bnn")
+    PackedModel.from_model(model, first_layer=first_layer, input_shape=(1, 8, 8)).save(path)
+    cpu = PackedModel.load(path, backend="cpu")
+    gpu = PackedModel.load(path, backend="cuda")
+    assert gpu.device_resident
+    assert any(op.pool is not None and op.flip.any() for op in cpu.ops if op.threshold)
+    np.testing.assert_array_equal(gpu.integer_scores(x), cpu.integer_scores(x))
+    np.testing.assert_array_equal(gpu.predict(x), cpu.predict(x))
+
+
+def test_cli_train_export_eval_on_cuda(tiny, tmp_path, capsys):
+    """`minibnn train --backend cuda`, `export`, `eval --backend cuda` (device-resident)
+    and `eval --backend cpu` of the same .bnn: the same test error."""
+    from minibnn.cli import main
+    data = tmp_path / "tiny.npz"
+    np.savez(data, x_train=_pool_back(tiny.x_train), y_train=tiny.y_train,
+             x_val=_pool_back(tiny.x_val), y_val=tiny.y_val,
+             x_test=_pool_back(tiny.x_test), y_test=tiny.y_test)
+    run, bnn = tmp_path / "run", tmp_path / "m.bnn"
+    assert main(["train", "--dataset", f"npz:{data}", "--hidden", "16", "--depth", "1",
+                 "--batch-size", "8", "--epochs", "1", "--backend", "cuda", "--no-progress",
+                 "--out", str(run)]) == 0
+    assert main(["export", str(run / "best.npz"), "--first-layer", "bitplane",
+                 "--out", str(bnn)]) == 0
+    capsys.readouterr()
+    results = {}
+    for backend in ("cuda", "cpu"):
+        assert main(["eval", str(bnn), "--dataset", f"npz:{data}", "--backend", backend]) == 0
+        results[backend] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert results["cuda"]["device_resident"] and not results["cpu"]["device_resident"]
+    assert results["cuda"]["errors"] == results["cpu"]["errors"]

@@ -814,3 +814,103 @@ def bitplane_gemm_device(planes_dev, b_dev, k, out_dev):
             _shift_add_kernel[_elem_grid(out_dev.size), ELEM_THREADS](
                 out_dev.reshape(out_dev.size), g.reshape(g.size), b)
     return out_dev
+
+
+if cuda is not None:
+    @cuda.jit
+    def _plane_pm1_kernel(p, b, out):
+        """out = +1 where bit b of the uint8 pixel p is set, else -1 (flattened)."""
+        for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            out[e] = float32(1.0) if (p[e] >> b) & 1 else float32(-1.0)
+
+    @cuda.jit
+    def _maxpool_flip_kernel(s, flip, k, stride, out):
+        """out[n, f, i, j] = max of the window of s, read negated where flip[f] (and the
+        maximum negated back): the float model's max-pool in the folded domain."""
+        F = out.shape[1]
+        Ho = out.shape[2]
+        Wo = out.shape[3]
+        for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            j = e % Wo
+            r = e // Wo
+            i = r % Ho
+            r = r // Ho
+            f = r % F
+            n = r // F
+            neg = flip[f] != 0
+            best = 0
+            for a in range(k):
+                for c in range(k):
+                    v = s[n, f, i * stride + a, j * stride + c]
+                    if neg:
+                        v = -v
+                    if (a == 0 and c == 0) or v > best:
+                        best = v
+            out[n, f, i, j] = -best if neg else best
+
+    @cuda.jit
+    def _threshold_sign_kernel(s, t, HW, F, out):
+        """out = +1 where s >= t[channel] else -1 (float32), s (N, F, H, W) flattened."""
+        for e in range(cuda.grid(1), out.size, cuda.gridsize(1)):
+            f = (e // HW) % F
+            out[e] = float32(1.0) if s[e] >= t[f] else float32(-1.0)
+
+
+def bitplane_pm1_device(p_dev, b, out_dev):
+    """Bit plane ``b`` of uint8 device pixels (any shape) as float32 +-1 into ``out_dev``
+    (same shape): the input of a bit-plane convolution.  Asynchronous."""
+    _check_dev(p_dev, "p", np.uint8, p_dev.ndim)
+    _check_dev(out_dev, "out", np.float32, p_dev.ndim)
+    if out_dev.shape != p_dev.shape:
+        raise ValueError(f"bitplane_pm1_device: out has shape {out_dev.shape}, p {p_dev.shape}")
+    if out_dev.size:
+        _plane_pm1_kernel[_elem_grid(out_dev.size), ELEM_THREADS](
+            p_dev.reshape(p_dev.size), int(b), out_dev.reshape(out_dev.size))
+    return out_dev
+
+
+def maxpool_flip_device(s_dev, flip_dev, kernel, stride):
+    """Integer max pooling of (N, F, H, W) int32 device sums in the folded domain of a
+    packed model (channels with ``flip_dev[f] != 0`` hold negated values): the device
+    twin of the runtime's flip-aware pooling.  Returns (N, F, H', W') int32."""
+    _check_dev(s_dev, "s", np.int32, 4)
+    _check_dev(flip_dev, "flip", np.int32, 1)
+    N, F, H, W = s_dev.shape
+    if flip_dev.shape != (F,):
+        raise ValueError(f"maxpool_flip_device: flip must have shape ({F},), got {flip_dev.shape}")
+    Ho = conv_output_size(H, kernel, stride, 0)
+    Wo = conv_output_size(W, kernel, stride, 0)
+    if Ho < 1 or Wo < 1:
+        raise ValueError(f"maxpool_flip_device: window {kernel} larger than {H}x{W}")
+    out = cuda.device_array((N, F, Ho, Wo), dtype=np.int32)
+    if out.size:
+        _maxpool_flip_kernel[_elem_grid(out.size), ELEM_THREADS](s_dev, flip_dev, int(kernel),
+                                                                 int(stride), out)
+    return out
+
+
+def threshold_sign_device(s_dev, t_dev):
+    """(N, F, H, W) int32 device sums and (F,) int32 thresholds -> float32 +-1 NCHW
+    device array ``s >= t[f]``: a folded BN + sign whose output feeds a convolution."""
+    _check_dev(s_dev, "s", np.int32, 4)
+    _check_dev(t_dev, "t", np.int32, 1)
+    N, F, H, W = s_dev.shape
+    if t_dev.shape != (F,):
+        raise ValueError(f"threshold_sign_device: t must have shape ({F},), got {t_dev.shape}")
+    out = cuda.device_array((N, F, H, W), dtype=np.float32)
+    if out.size:
+        _threshold_sign_kernel[_elem_grid(out.size), ELEM_THREADS](
+            s_dev.reshape(s_dev.size), t_dev, H * W, F, out.reshape(out.size))
+    return out
+
+
+def launch_shift_add(acc_dev, g_dev, shift):
+    """``acc += g << shift`` on int32 device arrays of one shape (asynchronous)."""
+    _check_dev(acc_dev, "acc", np.int32, acc_dev.ndim)
+    _check_dev(g_dev, "g", np.int32, acc_dev.ndim)
+    if acc_dev.shape != g_dev.shape:
+        raise ValueError(f"launch_shift_add: shapes {acc_dev.shape} and {g_dev.shape} differ")
+    if acc_dev.size:
+        _shift_add_kernel[_elem_grid(acc_dev.size), ELEM_THREADS](
+            acc_dev.reshape(acc_dev.size), g_dev.reshape(g_dev.size), int(shift))
+    return acc_dev

@@ -883,3 +883,15 @@ if cuda is not None:
         """dst[i] += src[i] (int32 error flags kept over many batches)."""
         for i in range(cuda.grid(1), src.size, cuda.gridsize(1)):
             dst[i] += src[i]
+
+
+def quiet_low_occupancy_warnings():
+    """Silence numba's "Grid size N will likely result in GPU under-utilization"
+    performance warning for this process: the device loop launches one-thread kernels
+    (the epoch accumulators) and one-block reductions on purpose, and would otherwise
+    print it into every training log.  Other warnings are kept."""
+    import warnings
+
+    # by message: numba and numba-cuda each define a NumbaPerformanceWarning class
+    warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU "
+                                              r"under-utilization")

@@ -201,6 +201,13 @@ class PackedModel:
             self.backend, self._device = name, device
         return self
 
+    @property
+    def device_resident(self):
+        """True when the whole network runs on the GPU (backend ``cuda`` and every op
+        supported by :mod:`minibnn.packed.runtime_cuda`); False on the CPU backends or
+        when the ``cuda`` backend runs kernel by kernel."""
+        return self._device is not None
+
     # -- running ------------------------------------------------------------
     def _inputs(self, x):
         x = checks.real_array(x, "x", min_ndim=1)
