@@ -17,7 +17,9 @@ half-width layout, by default; 32x32x3 inputs, batch 50, scaled to a 900-batch e
 45,000 images), once with the Numba im2col/col2im and max-pool kernels
 (:mod:`minibnn.kernels.unfold`, :mod:`minibnn.kernels.pool`) and once with their NumPy
 twins from :mod:`minibnn.kernels.reference` swapped in -- the ratio of the two, measured
-in one process, is what those kernels buy.
+in one process, is what those kernels buy.  (Since the stride-1 backward of the binary
+convolutions runs without any unfolding, :mod:`minibnn.kernels.conv_train`, the swap now
+touches only the first layer's float im2col and the pooling.)
 
     python benchmarks/bench_train.py --vs-torch           # minibnn vs PyTorch, same nets
 
@@ -50,8 +52,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import minibnn  # noqa: E402
 
-minibnn.quiet_blas_spin()  # before numpy loads OpenBLAS; see its docstring
-minibnn.keep_large_allocations()  # big per-step buffers stay mapped; see its docstring
+# the caller's own OpenMP wait policy, before minibnn's settings: --vs-torch runs PyTorch
+# (whose kernels are OpenMP) under what a PyTorch user would have, not under minibnn's
+_CALLER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+# a --vs-torch child that times PyTorch runs with the process settings a PyTorch user has
+# (minibnn's OMP_WAIT_POLICY=passive slows PyTorch's OpenMP kernels by 3-30%)
+_TORCH_CHILD = (len(sys.argv) > 2 and sys.argv[1] in ("--_step-child", "--_peak-child")
+                and sys.argv[2] == "torch")
+if not _TORCH_CHILD:
+    minibnn.quiet_blas_spin()  # before numpy loads OpenBLAS; see its docstring
+    minibnn.keep_large_allocations()  # big per-step buffers stay mapped; see its docstring
 
 import numpy as np  # noqa: E402
 
@@ -291,11 +301,11 @@ def peak_rss(engine, hidden, steps=5):
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
-def _child_json(argv):
+def _child_json(argv, env=None):
     """Run this script with ``argv`` in a child process; its last stdout line is JSON."""
     import subprocess
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"child {argv} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -342,7 +352,11 @@ def main_vs_torch(args):
         steps = args.steps if kind == "mlp" else max(5, args.steps // 3)
         common = [kind, str(h or 0), str(steps), str(bs)]
         ours = _child_json(["--_step-child", "minibnn", *common])
-        theirs = _child_json(["--_step-child", "torch", *common])
+        torch_env = dict(os.environ)
+        torch_env.pop("OMP_WAIT_POLICY", None)
+        if _CALLER_OMP_WAIT_POLICY is not None:
+            torch_env["OMP_WAIT_POLICY"] = _CALLER_OMP_WAIT_POLICY
+        theirs = _child_json(["--_step-child", "torch", *common], env=torch_env)
         if not rows:
             info.update(torch=theirs["torch"], torch_threads=theirs["torch_threads"],
                         numba_threads=ours["numba_threads"])

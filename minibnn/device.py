@@ -231,9 +231,12 @@ class DeviceLoop:
     """
 
     #: run settings whose ops have no device twin yet: setting -> (value, why)
-    UNSUPPORTED = {"bn": ("shift", "ShiftBatchNorm has no device twin yet (use --bn standard)"),
-                   "optimizer": ("bop", "Bop has no device update yet (use adam, adamax, "
-                                        "shift-adamax or sgd)")}
+    # (shift BN has its twins in minibnn.functional_cuda.  Bop's update has its device
+    # twin, kernels.optim_cuda.bop_update, but Bop's first step sets the binary params
+    # to their signs with host NumPy (np.where(param >= 0, ...)), which a device array
+    # does not support: refused until optim.Bop uses the twin's set_signs)
+    UNSUPPORTED = {"optimizer": ("bop", "Bop's first-step sign set-up runs on the host only "
+                                        "(use adam, adamax, shift-adamax or sgd)")}
 
     @classmethod
     def check(cls, config):

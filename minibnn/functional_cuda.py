@@ -39,8 +39,9 @@ Random draws (dropout masks, stochastic binarization) are counter-based on the d
 the seed being one draw from the caller's ``numpy.random.Generator``: they follow the
 layer's generator (same seed, same draws) but are other numbers than the CPU's.
 
-Not available on the device yet: ``shift_batchnorm_forward`` / ``_backward`` (they raise
-:class:`minibnn.kernels.BackendUnavailable`).
+Shift-based batch normalization (``shift_batchnorm_forward`` / ``_backward``) and its
+``ap2`` are here too: AP2 is the same frexp rule as :func:`minibnn.quantize.ap2`, bit for
+bit, so in eval mode the shift BN output is NumPy's exactly.
 
 References: Hubara et al., "Binarized Neural Networks", NIPS 2016, Sec. 1.1-1.3, Alg. 1,
 Sec. 3 (XNOR kernels); Ioffe & Szegedy 2015 (batch normalization).
@@ -49,7 +50,7 @@ Sec. 3 (XNOR kernels); Ioffe & Szegedy 2015 (batch normalization).
 import numpy as np
 
 from .functional import PRODUCT_BACKENDS, product_backend
-from .kernels import BackendUnavailable, PreparedWeights, conv_output_size, n_words
+from .kernels import PreparedWeights, conv_output_size, n_words
 from .kernels import cuda as kc
 from .kernels import cuda_float as kf
 
@@ -61,7 +62,7 @@ __all__ = [
     "binary_dense_backward", "prepare_binary_weights", "im2col", "col2im",
     "conv2d_forward", "conv2d_backward", "binary_conv2d_forward", "binary_conv2d_backward",
     "batchnorm_forward", "batchnorm_backward", "shift_batchnorm_forward",
-    "shift_batchnorm_backward", "maxpool2d_forward", "maxpool2d_backward",
+    "shift_batchnorm_backward", "ap2", "maxpool2d_forward", "maxpool2d_backward",
     "dropout_forward", "dropout_backward", "stochastic_sign", "hardtanh_forward",
     "hardtanh_backward", "flatten", "flatten_forward", "flatten_backward",
     "conv_output_size", "check_finite", "copy_into", "running_average", "product_backend",
@@ -72,7 +73,7 @@ _MODES = ("train", "eval", "test")
 
 
 def check_available():
-    """Raise :class:`BackendUnavailable` unless the CUDA kernels run here (GPU or
+    """Raise :class:`minibnn.kernels.BackendUnavailable` unless the CUDA kernels run here (GPU or
     simulator); :func:`minibnn.dispatch.twin` calls it once."""
     kc.check_available()
 
@@ -588,15 +589,90 @@ def batchnorm_backward(dout, cache):
     return dx, dgamma, dbeta
 
 
-def shift_batchnorm_forward(*args, **kwargs):
-    """Not on the device yet: raises :class:`minibnn.kernels.BackendUnavailable`."""
-    raise BackendUnavailable("shift_batchnorm_forward has no device twin yet: use BatchNorm "
-                             "on the device, or run ShiftBatchNorm models on the CPU")
+def ap2(x):
+    """Device twin of :func:`minibnn.quantize.ap2`: a new float32 device array, equal to
+    the NumPy function bit for bit (the same frexp rule,
+    :func:`minibnn.kernels.cuda_float.ap2`; inf and NaN pass through)."""
+    x = as_input(x)
+    out = _empty(x.shape)
+    kf.launch_elem(kf.ap2_kernel, x.size, kf.flat(x), kf.flat(out))
+    return out
 
 
-def shift_batchnorm_backward(*args, **kwargs):
-    """Not on the device yet: raises :class:`minibnn.kernels.BackendUnavailable`."""
-    raise BackendUnavailable("shift_batchnorm_backward has no device twin yet")
+def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
+                            running_var=None, momentum=0.1, eps=1e-4):
+    """Twin of :func:`minibnn.functional.shift_batchnorm_forward` (Alg. 3): the same rule
+    op for op, the same in-place update of the running statistics (device arrays) in
+    train mode, the same cache (``c``, ``a`` (None in eval), ``r``, ``s``, ``xhat``,
+    ``g``, ``mode``; train adds ``batch_mean`` and ``batch_var``, the approximate
+    variance).
+
+    Kernels: the batch mean (one block per feature, float64, as ``batchnorm_forward``),
+    ``C = x - mu`` and ``AP2(C)`` in one element-wise pass, ``sum(C AP2(C))`` per feature
+    (float64), then ``var``, ``r = 1/sqrt(var + eps)``, ``s = AP2(r)`` per feature, and
+    ``x_hat = C s``, ``out = AP2(gamma) x_hat + beta``.  Eval mode is exact (equal to
+    NumPy bit for bit: every product is by a power of two); train mode differs from NumPy
+    only through the float64 (device) vs float32 pairwise (NumPy) batch sums.
+
+    x : (N, D) or (N, C, H, W) float32 device array; gamma, beta, running_mean,
+    running_var : (D,) / (C,) float32 device arrays.
+    """
+    x = as_input(x)
+    mode = _check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
+    C, B = _features(x, "shift_batchnorm_forward")
+    for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if v is not None:
+            _vec(v, name, C, "shift_batchnorm_forward")
+    if mode == "train" and (running_mean is None) != (running_var is None):
+        raise ValueError("shift_batchnorm_forward: give both running_mean and running_var "
+                         "or neither")
+    train = mode == "train"
+    mu = kf.chan_mean_var(x)[0] if train else running_mean
+    c = _empty(x.shape)
+    a = _empty(x.shape) if train else None
+    kf.launch_elem(kf.sbn_center_kernel, x.size, kf.flat(x), C, B, mu, kf.flat(c),
+                   kf.flat(a if train else c), train)
+    sums = kf.chan_sum(c, a)[1] if train else running_var      # sum C * AP2(C): >= 0
+    var, r, s = _empty(C), _empty(C), _empty(C)
+    m = x.size // C if C else 1
+    kf.launch_elem(kf.sbn_stats_kernel, C, sums, float(m), train, float(eps), var, r, s)
+    if train and running_mean is not None:
+        copy_into(running_mean, running_average(running_mean, mu, momentum))
+        copy_into(running_var, running_average(running_var, var, momentum))
+    g = ap2(gamma)
+    xhat = _empty(x.shape)
+    out = _empty(x.shape)
+    kf.launch_elem(kf.sbn_normalize_kernel, x.size, kf.flat(c), C, B, s, g, beta,
+                   kf.flat(xhat), kf.flat(out))
+    cache = {"c": c, "a": a, "r": r, "s": s, "xhat": xhat, "g": g, "mode": mode}
+    if train:
+        cache["batch_mean"], cache["batch_var"] = mu, var
+    return out, cache
+
+
+def shift_batchnorm_backward(dout, cache):
+    """Twin of :func:`minibnn.functional.shift_batchnorm_backward` (straight-through
+    AP2): ``dbeta = sum(dout)``, ``dgamma = sum(dout x_hat)``, ``dC = dout g s + dvar
+    (AP2(C) + C) / m`` with ``dvar = g sum(dout C) (-1/2) r**3``, ``dx = dC - mean(dC)``
+    (eval: ``dx = dout g s``).  Returns ``dx``, ``dgamma``, ``dbeta`` (device arrays)."""
+    _dev(dout, "dout", where="shift_batchnorm_backward")
+    c, a, r, s, xhat, g = (cache[k] for k in ("c", "a", "r", "s", "xhat", "g"))
+    if dout.shape != xhat.shape:
+        raise ValueError(f"shift_batchnorm_backward: dout must have shape {xhat.shape}, "
+                         f"got {dout.shape}")
+    C, B = _features(dout, "shift_batchnorm_backward")
+    train = cache["mode"] == "train"
+    dbeta, dgamma = kf.chan_sum(dout, xhat)
+    sdc = kf.chan_sum(dout, c)[1] if train else r         # sum(dout * C) (train only)
+    m = dout.size // C if C else 1
+    dx = _empty(dout.shape)
+    kf.launch_elem(kf.sbn_backward_kernel, dout.size, kf.flat(dout), kf.flat(c),
+                   kf.flat(a if train else c), C, B, g, s, r, sdc, m, train, kf.flat(dx))
+    if train:
+        kf.launch_elem(kf.sub_chan_mean_kernel, dx.size, kf.flat(dx), C, B,
+                       kf.chan_sum(dx)[0], m, kf.flat(dx))
+    return dx, dgamma, dbeta
 
 
 # ---------------------------------------------------------------------------

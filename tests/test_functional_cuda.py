@@ -268,6 +268,100 @@ def test_batchnorm_eval_needs_running_stats():
         G.batchnorm_forward(dev(np.ones((2, 3))), dev(np.ones(3)), dev(np.zeros(3)), "eval")
 
 
+
+# ---------------------------------------------------------------- shift-based batch norm
+
+def test_ap2_matches_quantize_bit_for_bit():
+    tiny32, big32 = np.finfo(np.float32).tiny, np.finfo(np.float32).max
+    edges = [2.0 ** k * np.sqrt(2.0) for k in (-130, -20, -1, 0, 3, 126)]   # round-up edges
+    x = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1.0, -1.0, 0.75, -3.0, tiny32,
+                  tiny32 / 3, -np.float32(2.0 ** -149), big32, -big32, 2.0 ** 127 * 1.5]
+                 + edges, dtype=np.float32)
+    near = np.concatenate([np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))])
+    spread = real(rng_for(11), (200,)) * 10.0 ** rng_for(12).integers(-8, 8, 200)
+    x = np.concatenate([x, near, spread.astype(np.float32)])
+    with np.errstate(over="ignore"):
+        want = quantize.ap2(x)
+    got = host(G.ap2(dev(x)))
+    assert got.dtype == want.dtype == np.float32
+    # bit patterns: +0 vs -0 and NaN payloads count too
+    exact(got.view(np.uint32), want.view(np.uint32))
+
+
+def _sbn_inputs(shape, dyadic):
+    """x, gamma, beta, running stats; dyadic: small multiples of 1/4 (every sum, mean and
+    AP2 product exact in float32, so train mode is exact on both sides too)."""
+    r = rng_for(sum(shape) + dyadic)
+    C = shape[1]
+    if dyadic:
+        x = (r.integers(-12, 13, shape) / 4).astype(np.float32)
+    else:
+        x = real(r, shape) * 3 + 1
+    gamma, beta = real(r, (C,)), real(r, (C,))
+    rm, rv = real(r, (C,)), (np.abs(real(r, (C,))) + 0.5).astype(np.float32)
+    return x, gamma, beta, rm, rv
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (2, 3, 2, 2)])        # m = 8 values per feature
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("dyadic", [False, True])
+def test_shift_batchnorm(shape, mode, dyadic):
+    x, gamma, beta, rm, rv = _sbn_inputs(shape, dyadic)
+    drm, drv = dev(rm), dev(rv)
+    out, cache = G.shift_batchnorm_forward(dev(x), dev(gamma), dev(beta), mode, drm, drv,
+                                           0.1, 1e-4)
+    want, wcache = F.shift_batchnorm_forward(x, gamma, beta, mode, rm, rv, 0.1, 1e-4)
+    assert set(cache) == set(wcache)
+    # eval: x - mean, 1/sqrt, and products by powers of two: NumPy's float32 ops exactly;
+    # train on dyadic inputs: the batch sums are exact too
+    same = exact if (mode == "eval" or dyadic) else close
+    for k in ("c", "a", "r", "s", "xhat", "g"):
+        if wcache[k] is None:
+            assert cache[k] is None, k
+        else:
+            same(host(cache[k]), wcache[k], what=k)
+    same(host(out), want, what="out")
+    if mode == "train":
+        same(host(cache["batch_mean"]), wcache["batch_mean"], what="batch_mean")
+        same(host(cache["batch_var"]), wcache["batch_var"], what="batch_var")
+    close(host(drm), rm, what="running_mean")      # updated in place (train) or untouched
+    close(host(drv), rv, what="running_var")
+    g = real(rng_for(3), shape)
+    got = G.shift_batchnorm_backward(dev(g), cache)
+    for name, a, e in zip(("dx", "dgamma", "dbeta"), got, F.shift_batchnorm_backward(g, wcache)):
+        close(host(a), e, rtol=1e-4, what=name)
+
+
+def test_shift_batchnorm_layer_on_device_matches_cpu():
+    from minibnn.device import to_device
+    from minibnn.layers import ShiftBatchNorm
+    from minibnn.model import Sequential
+
+    x, gamma, beta, _, _ = _sbn_inputs((2, 3, 2, 2), False)
+    cpu = Sequential([ShiftBatchNorm(3, spatial=True)])
+    cpu.layers[0].params["gamma"][...] = gamma
+    cpu.layers[0].params["beta"][...] = beta
+    import copy
+    gpu = copy.deepcopy(cpu)
+    to_device(gpu)
+    want = cpu.forward(x, training=True)
+    got = gpu.forward(dev(x), training=True)
+    close(host(got), want)
+    for n in ("running_mean", "running_var"):
+        close(host(gpu.layers[0].buffers[n]), cpu.layers[0].buffers[n], what=n)
+    g = real(rng_for(4), x.shape)
+    close(host(gpu.backward(dev(g))), cpu.backward(g), rtol=1e-4)
+
+
+def test_shift_batchnorm_errors():
+    with pytest.raises(ValueError, match="running_mean"):
+        G.shift_batchnorm_forward(dev(np.ones((2, 3))), dev(np.ones(3)), dev(np.zeros(3)), "eval")
+    with pytest.raises(ValueError, match="gamma"):
+        G.shift_batchnorm_forward(dev(np.ones((2, 3))), dev(np.ones(4)), dev(np.zeros(3)))
+    with pytest.raises(TypeError, match="beta"):
+        G.shift_batchnorm_forward(dev(np.ones((2, 3))), dev(np.ones(3)), np.zeros(3, np.float32))
+
+
 # ---------------------------------------------------------------- dropout, flatten
 
 def test_dropout_statistics_and_backward():
@@ -444,6 +538,34 @@ def test_optim_kernels_match_the_cpu_kernels(rule, clip):
     want_flips = int(np.count_nonzero((p0 >= 0) != (host(dp) >= 0)))
     assert want_flips > 0
     assert OG.read_counter(flips) == want_flips
+
+
+def test_bop_update_matches_the_readable_rule():
+    from minibnn.kernels import optim_cuda as OG
+    r = rng_for(8)
+    shape = (70, 9)
+    p0 = pm1(r, shape)
+    g = real(r, shape)
+    m0 = real(r, shape) * 1e-3
+    m0.flat[::5] = 0.0
+    p, m = p0.copy(), m0.copy()
+    dp, dm = dev(p0), dev(m0)
+    flips = OG.new_counter()
+    optim.bop_update(p, g, m, 0.05, 1e-3)
+    OG.bop_update(dp, dev(g), dm, 0.05, 1e-3, flips=flips)
+    close(host(dm), m, rtol=1e-6, what="m")
+    exact(host(dp), p, what="p")
+    n = int(np.count_nonzero(p != p0))
+    assert 0 < n < p.size and OG.read_counter(flips) == n
+    OG.bop_update(dp, dev(g), dm, 0.05, 1e-3)          # without a counter
+    optim.bop_update(p, g, m, 0.05, 1e-3)
+    exact(host(dp), p, what="p, second step")
+    w = np.array([[0.3, -0.0, 0.0, -2.0, np.nan]], np.float32)
+    dw = dev(w)
+    OG.set_signs(dw)
+    exact(host(dw), np.where(w >= 0, 1.0, -1.0).astype(np.float32))
+    with pytest.raises(TypeError, match="bop_update"):
+        OG.bop_update(dp, g, dm, 0.05, 1e-3)           # a host gradient
 
 
 def test_optim_module_contract():

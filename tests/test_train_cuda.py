@@ -19,7 +19,9 @@ hidden layer of 16 units, batches of 8.  What is checked:
   (bit-plane first layer: exact; float first layer: equal on these images), for an MLP
   and a small ConvNet (packed convolutions, flip-aware integer pooling);
 * the command line: ``train --backend cuda``, ``export``, ``eval --backend cuda``;
-* settings without device twins (shift BN, Bop) are refused before anything is written,
+* one step with shift-based BN (``bn="shift"``) matches the CPU's as above;
+* settings the device loop cannot train (Bop: its first-step set-up is host NumPy) are
+  refused before anything is written,
   and the device loss accumulator sums like the host loop and reports a NaN batch.
 """
 
@@ -76,11 +78,12 @@ def _config(**kw):
     return TrainConfig(**base)
 
 
-def test_one_step_on_cuda_matches_cpu(tiny):
+@pytest.mark.parametrize("bn", ["standard", "shift"])
+def test_one_step_on_cuda_matches_cpu(tiny, bn):
     from minibnn.device import DeviceLoop
 
-    host = Session(_config(backend="cpu"), tiny, progress=False)
-    dev = Session(_config(), tiny, progress=False)
+    host = Session(_config(backend="cpu", bn=bn), tiny, progress=False)
+    dev = Session(_config(bn=bn), tiny, progress=False)
     for (n, p, _, _), (_, q, _, _) in zip(host.model.parameters(), dev.model.parameters()):
         np.testing.assert_array_equal(p, q, err_msg=n)          # same seed, same start
     start = {n: p.copy() for n, p, _, _ in host.model.parameters()}
@@ -152,6 +155,21 @@ def test_cuda_run_resumes_bit_exact_and_best_evaluates_on_cpu(tiny, tmp_path):
     assert abs(cpu_err - summary["test_error_at_best"]) <= 1 / len(tiny.y_test)
 
 
+def test_cuda_run_with_shift_batchnorm(tiny, tmp_path):
+    # the whole device loop with ShiftBatchNorm layers (Alg. 3): a 1-epoch run, whose
+    # best.npz is a CPU model with the same test error as the device run recorded
+    out = str(tmp_path / "shift")
+    summary = train(_config(bn="shift", epochs=1), out, dataset=tiny, progress=False,
+                    log=lambda msg: None)
+    assert summary["finished"]
+    rows = _rows(out)
+    assert [r["epoch"] for r in rows] == [1] and np.isfinite(rows[0]["train_loss"])
+    best = Sequential.load(os.path.join(out, "best.npz"))
+    assert any(type(layer).__name__ == "ShiftBatchNorm" for layer in best.layers)
+    cpu_err = evaluate(best, tiny.x_test, tiny.y_test)
+    assert abs(cpu_err - summary["test_error_at_best"]) <= 1 / len(tiny.y_test)
+
+
 @pytest.mark.parametrize("first_layer", ["bitplane", "float"])
 def test_device_packed_predictions_equal_cpu(tiny, tmp_path, first_layer):
     from minibnn import zoo
@@ -171,7 +189,7 @@ def test_device_packed_predictions_equal_cpu(tiny, tmp_path, first_layer):
 
 def test_cuda_refuses_settings_without_device_twins_before_writing(tiny, tmp_path):
     from minibnn.kernels import BackendUnavailable
-    for setting in (dict(bn="shift"), dict(optimizer="bop")):
+    for setting in (dict(optimizer="bop"),):
         out = tmp_path / next(iter(setting.values()))
         with pytest.raises(BackendUnavailable, match=next(iter(setting))):
             train(_config(**setting), str(out), dataset=tiny, progress=False)

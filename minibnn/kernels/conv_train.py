@@ -290,31 +290,33 @@ def conv_backward(dout, x, w_mat, kh, kw, padding, need_dx=True):
     ``H' = H + 2*padding - kh + 1``.  Returns dx (N, C, H, W) (None when ``need_dx`` is
     False) and dw (F, C*kh*kw), both in that dtype.
 
-    The ``kw`` taps of a kernel row are stacked into one GEMM (``kw`` copies of xp and of
-    dz, each shifted by one more column): ``kh`` GEMMs of ``N = kw*C`` for dw and ``kh``
-    accumulating GEMMs of ``K = kw*F`` for dx, instead of ``kh*kw`` thinner ones -- with
-    64 channels a 64-wide GEMM ran BLAS at half its rate.
+    The taps are stacked so that few, wide GEMMs remain (64-wide ones ran BLAS at half
+    its rate): ``x3`` holds ``kw`` copies of xp, row ``(b, c)`` shifted by ``b`` columns,
+    ``dza`` holds ``kh`` copies of dz, row ``(a, f)`` shifted by ``-a*Wp``; then
+    ``x3 @ dza.T`` is every tap of dw at once, ``(kw*C, kh*F)``, block ``(b, a)`` = tap
+    ``(a, b)`` transposed.  dx takes ``kh`` accumulating GEMMs of ``K = kw*F`` over
+    ``dz3``, ``kw`` copies of dz shifted by ``kw-1-b``.
     """
     N, F, Ho, Wo = dout.shape
     C, H, W = x.shape[1:]
     Hp, Wp = grid_shape(H, W, kh, kw, padding)
     L = N * Hp * Wp
     S = kh * Wp + kw                             # > the largest tap offset (kh-1)*Wp + kw-1
-    T = L + (kh - 1) * Wp                        # columns a kernel row's views reach
+    T = L + (kh - 1) * Wp                        # columns the shifted copies span
     dtype = dout.dtype
     xp = pad_channel_major(x, padding, 0, S, (Hp, Wp))          # (C, L + S)
-    dz = embed_channel_major(dout, (Hp, Wp), S, 0)              # (F, S + L)
+    dz = embed_channel_major(dout, (Hp, Wp), S, T - L)          # (F, S + T), zeros around
     x3 = np.empty((kw * C, T), dtype=dtype)                     # row b*C + c: xp[c, b + q]
     for b in range(kw):
         x3[b * C:(b + 1) * C] = xp[:, b:b + T]
+    dza = np.empty((kh * F, T), dtype=dtype)                    # row a*F + f: dz on the
+    for a in range(kh):                                         # grid at q - a*Wp
+        dza[a * F:(a + 1) * F] = dz[:, S - a * Wp:S - a * Wp + T]
+    # sum_q xp[c, b + q] dz_grid[f, q - a*Wp] = sum_p xp[c, p + a*Wp + b] dz_grid[f, p]
+    taps = np.empty((kw * C, kh * F), dtype=dtype)
+    gemm(x3, dza.T, taps)
+    dw = np.ascontiguousarray(taps.reshape(kw, C, kh, F).transpose(3, 1, 2, 0))
     w4 = w_mat.reshape(F, C, kh, kw)
-    dw = np.empty((F, C, kh, kw), dtype=dtype)
-    part = np.empty((kw * C, F), dtype=dtype)
-    dzv = dz[:, S:]                                             # dout on the grid, (F, L)
-    for a in range(kh):
-        # dw.T per kernel row: BLAS ran this orientation ~10% faster than dz @ x3.T
-        gemm(x3[:, a * Wp:a * Wp + L], dzv.T, part)             # rows (b, c)
-        dw[:, :, a, :] = part.reshape(kw, C, F).transpose(2, 1, 0)
     dx = None
     if need_dx:
         # row b*F + f of dz3 is dz[f] shifted by kw-1-b, so that the view at column

@@ -885,6 +885,101 @@ if cuda is not None:
             dst[i] += src[i]
 
 
+
+# ---------------------------------------------------------------------------
+# shift-based batch normalization (x viewed as (A, C, B); per-feature vectors (C,))
+# ---------------------------------------------------------------------------
+
+#: float64 sqrt(1/2), the same number as ``np.sqrt(0.5)`` in :func:`minibnn.quantize.ap2`
+SQRT_HALF = math.sqrt(0.5)
+
+if cuda is not None:
+    @cuda.jit(device=True)
+    def ap2(x):
+        """Device twin of :func:`minibnn.quantize.ap2` for one value: the power of two
+        nearest to ``|x|`` in the log domain with x's sign, as float64 (the caller's
+        float32 store rounds 2**128 and above to inf, as NumPy's float32 ldexp does).
+
+        Same frexp rule, bit for bit: ``|x| = f 2**e``, f in [0.5, 1); ``e - 1`` when
+        ``f < sqrt(1/2)`` (compared in float64, as NumPy compares a float32 f with the
+        float64 ``np.sqrt(0.5)``); ``ap2(+-0) = +0``; inf and NaN pass through.
+        numba.cuda compiles ``math.frexp`` / ``math.ldexp`` on the GPU; a float32 x is
+        widened exactly first (subnormals included)."""
+        xd = float64(x)
+        if xd == 0.0:
+            return 0.0
+        if math.isinf(xd) or math.isnan(xd):
+            return xd
+        f, e = math.frexp(abs(xd))
+        mag = math.ldexp(1.0, e)        # e: frexp's int32, the type ldexp takes on the GPU
+        if f < SQRT_HALF:
+            mag = mag * 0.5             # 2**(e - 1), exactly (float64 holds it)
+        return -mag if xd < 0.0 else mag
+
+    @cuda.jit
+    def ap2_kernel(x, out):
+        """out = ap2(x), element-wise (flat float32 views)."""
+        for t in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            out[t] = float32(ap2(x[t]))
+
+    @cuda.jit
+    def sbn_center_kernel(x, C, B, mu, c_out, a_out, with_a):
+        """x, c_out, a_out flat views of (A, C, B): c = x - mu[c] (float32, as NumPy);
+        with_a: a = ap2(c)."""
+        for t in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            ch = (t // B) % C
+            cv = x[t] - mu[ch]
+            c_out[t] = cv
+            if with_a:
+                a_out[t] = float32(ap2(cv))
+
+    @cuda.jit
+    def sbn_stats_kernel(v_in, m, train, eps, var, r, s):
+        """Per feature: var = v_in / m (train: v_in = sum C AP2(C)), else var = v_in (the
+        running variance); r = 1 / sqrt(var + eps) (float32, as NumPy); s = ap2(r)."""
+        for ch in range(cuda.grid(1), var.size, cuda.gridsize(1)):
+            if train:
+                v = float32(float64(v_in[ch]) / m)
+            else:
+                v = v_in[ch]
+            var[ch] = v
+            rv = float32(1.0) / math.sqrt(v + float32(eps))
+            r[ch] = rv
+            s[ch] = float32(ap2(rv))
+
+    @cuda.jit
+    def sbn_normalize_kernel(c, C, B, s, g, beta, xhat, out):
+        """xhat = c s[c]; out = g[c] xhat + beta[c] (g = AP2(gamma): the product is exact,
+        so a fused multiply-add rounds as NumPy does)."""
+        for t in range(cuda.grid(1), c.size, cuda.gridsize(1)):
+            ch = (t // B) % C
+            h = c[t] * s[ch]
+            xhat[t] = h
+            out[t] = g[ch] * h + beta[ch]
+
+    @cuda.jit
+    def sbn_backward_kernel(dout, c, a, C, B, g, s, r, sdc, m, train, dc):
+        """dC = dout g s + [train] dvar (a + c) / m, dvar = g sum(dout c) (-1/2) r**3
+        (:func:`minibnn.functional.shift_batchnorm_backward`; flat views, vectors (C,))."""
+        fm = float32(m)
+        for t in range(cuda.grid(1), dout.size, cuda.gridsize(1)):
+            ch = (t // B) % C
+            d = (dout[t] * g[ch]) * s[ch]
+            if train:
+                rc = r[ch]
+                dvar = (g[ch] * sdc[ch]) * float32(-0.5) * (rc * rc * rc)
+                d = d + dvar * (a[t] + c[t]) / fm
+            dc[t] = d
+
+    @cuda.jit
+    def sub_chan_mean_kernel(x, C, B, sums, m, out):
+        """out = x - sums[c] / m per feature (flat views of (A, C, B); out may be x)."""
+        fm = float32(m)
+        for t in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            ch = (t // B) % C
+            out[t] = x[t] - sums[ch] / fm
+
+
 def quiet_low_occupancy_warnings():
     """Silence numba's "Grid size N will likely result in GPU under-utilization"
     performance warning for this process: the device loop launches one-thread kernels

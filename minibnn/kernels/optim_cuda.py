@@ -21,7 +21,9 @@ whose sign changed in this step (``sign(0) = +1``, the binary convention of
 :mod:`minibnn.kernels.bitpack`) -- for a latent binary weight, how many binary weights
 flipped.  :func:`read_counter` copies it back (one sync).
 
-Not here yet: ``bop_update`` (the optional one of the contract).
+``bop_update`` (the optional rule of the contract: optim_cpu has none, Bop runs the
+readable NumPy rule on the host) is here, with the flip count; :func:`set_signs` is the
+device form of Bop's first-step set-up ``w <- +1 if w >= 0 else -1``.
 
 References: Kingma & Ba, ICLR 2015, Alg. 1-2; Hubara et al., NIPS 2016, Alg. 1
 (clipping, per-layer scale).
@@ -40,7 +42,7 @@ if cuda is not None:
 
 __all__ = ["check_available", "fusable", "count_nonfinite", "zeros_like", "to_host",
            "from_host", "adam_update", "adamax_update", "sgd_update", "shift_adamax_update",
-           "new_counter", "read_counter"]
+           "bop_update", "set_signs", "new_counter", "read_counter"]
 
 
 def check_available():
@@ -255,3 +257,47 @@ def sgd_update(p, g, buf, lr, momentum, nesterov, clip, flips=None):
     kf.launch_elem(_sgd_kernel, p.size, kf.flat(p), kf.flat(g),
                    kf.flat(buf) if use_buf else kf.flat(p), float(lr), float(momentum),
                    bool(nesterov), use_buf, bool(clip), c, count)
+
+
+if cuda is not None:
+    @cuda.jit
+    def _bop_kernel(pf, gf, mf, keep, gamma, threshold, flips, count):
+        for i in range(cuda.grid(1), pf.size, cuda.gridsize(1)):
+            # float32 throughout, rounded after each operation like NumPy's in-place
+            # ``m *= 1 - gamma; m += gamma * g`` (Python scalars cast to float32)
+            mi = mf[i] * keep
+            mi = mi + gamma * gf[i]
+            mf[i] = mi
+            p = pf[i]
+            if p * mi > threshold:
+                pf[i] = -p
+                if count:
+                    cuda.atomic.add(flips, 0, 1)
+
+    @cuda.jit
+    def _set_signs_kernel(pf):
+        for i in range(cuda.grid(1), pf.size, cuda.gridsize(1)):
+            pf[i] = float32(1.0) if pf[i] >= 0 else float32(-1.0)
+
+
+def bop_update(p, g, m, gamma, threshold, flips=None):
+    """Twin of :func:`minibnn.optim.bop_update` (Helwegen et al. 2019, Alg. 1), in place:
+    ``m <- (1 - gamma) m + gamma g``; ``p <- -p`` where ``p m > threshold``.
+
+    Computed in float32 like the NumPy rule on float32 arrays (``1 - gamma``, ``gamma``
+    and ``threshold`` cast to float32; one rounding per operation), so ``m`` and the flips
+    equal NumPy's -- on a GPU that fuses the multiply-add, ``m`` may differ in its last
+    bit, and a flip only where ``p m`` is within that of ``threshold``.  ``p`` holds
+    exactly +-1 (Bop sets it up, :func:`set_signs`).  ``flips``: the optional counter of
+    the module contract (here: the number of flipped weights)."""
+    _check("bop_update", p, g, m)
+    c, count = _counter(flips)
+    kf.launch_elem(_bop_kernel, p.size, kf.flat(p), kf.flat(g), kf.flat(m),
+                   np.float32(1.0 - gamma), np.float32(gamma), np.float32(threshold), c, count)
+
+
+def set_signs(p):
+    """In place ``p <- +1 where p >= 0 else -1`` on a float32 device array (NaN -> -1):
+    the device form of Bop's first-step ``np.where(param >= 0, 1.0, -1.0)``."""
+    _check("set_signs", p)
+    kf.launch_elem(_set_signs_kernel, p.size, kf.flat(p))
