@@ -230,13 +230,10 @@ class DeviceLoop:
     the same device random streams.
     """
 
-    #: run settings whose ops have no device twin yet: setting -> (value, why)
-    # (shift BN has its twins in minibnn.functional_cuda.  Bop's update has its device
-    # twin, kernels.optim_cuda.bop_update, but Bop's first step sets the binary params
-    # to their signs with host NumPy (np.where(param >= 0, ...)), which a device array
-    # does not support: refused until optim.Bop uses the twin's set_signs)
-    UNSUPPORTED = {"optimizer": ("bop", "Bop's first-step sign set-up runs on the host only "
-                                        "(use adam, adamax, shift-adamax or sgd)")}
+    #: run settings whose ops have no device twin yet: setting -> (value, why); empty
+    #: now that shift BN (functional_cuda) and Bop (kernels.optim_cuda.bop_update and
+    #: set_signs) have theirs -- the mechanism stays for the next op without one
+    UNSUPPORTED = {}
 
     @classmethod
     def check(cls, config):

@@ -932,7 +932,12 @@ class Bop(Optimizer):
 
     def _flip(self, name, param, grad):
         if name not in self.state["m"]:
-            param[...] = np.where(param >= 0, 1.0, -1.0).astype(param.dtype)
+            # first step: Bop's weights are the signs themselves (sign(0) = +1)
+            kern = dispatch.twin(optim_cpu, param)
+            if kern is optim_cpu:
+                param[...] = np.where(param >= 0, 1.0, -1.0).astype(param.dtype)
+            else:
+                kern.set_signs(param)     # a device array has no comparisons or np.where
         m = self._slot("m", name, param)
         rule = self._pick("bop_update", bop_update, param, grad, m)
         rule(param, grad, m, self.gamma, self.threshold)

@@ -225,7 +225,7 @@ def plot_curves(run_dir, out=None):
                 handles.append(line)
                 labels.append("learning rate (right axis)")
             ax.legend(handles, labels, fontsize=7.5, loc="upper left",
-                      bbox_to_anchor=(1.12, 1.0), borderaxespad=0)
+                      bbox_to_anchor=(1.2, 1.0), borderaxespad=0)
         else:
             ax.set_ylabel("inputs with |x| > 1 (%)", fontsize=8)
             ax.set_title("sign inputs outside the STE window (gradient cancelled)",
