@@ -321,7 +321,7 @@ def im2col(x, kh, kw, stride=1, padding=0):
     :func:`minibnn.kernels.unfold.im2col`; other dtypes through its NumPy twin
     :func:`minibnn.kernels.reference.im2col`.
     """
-    _check_unfold(x.shape, kh, kw, stride, padding, "im2col")
+    check_unfold(x.shape, kh, kw, stride, padding, "im2col")
     if x.dtype in (np.float32, np.float64):
         return unfold.im2col(np.ascontiguousarray(x), kh, kw, stride, padding)
     return reference.im2col(x, kh, kw, stride, padding)
@@ -335,7 +335,7 @@ def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
     the gradient of im2col).  Numba kernel for float32/float64
     (:func:`minibnn.kernels.unfold.col2im`), NumPy twin otherwise.
     """
-    N, C, H, W = _check_unfold(x_shape, kh, kw, stride, padding, "col2im")
+    N, C, H, W = check_unfold(x_shape, kh, kw, stride, padding, "col2im")
     Ho = conv_output_size(H, kh, stride, padding)
     Wo = conv_output_size(W, kw, stride, padding)
     if cols.shape != (N * Ho * Wo, C * kh * kw):
@@ -347,8 +347,9 @@ def col2im(cols, x_shape, kh, kw, stride=1, padding=0):
     return reference.col2im(cols, x_shape, kh, kw, stride, padding)
 
 
-def _check_unfold(shape, kh, kw, stride, padding, where):
-    """Shape/geometry checks shared by im2col and col2im (the Numba kernels do none)."""
+def check_unfold(shape, kh, kw, stride, padding, where):
+    """Shape/geometry checks shared by im2col and col2im and their device twins (the
+    kernels do none): ``(N, C, H, W)`` of ``shape``, or ``ValueError`` naming ``where``."""
     if len(shape) != 4:
         raise ValueError(f"{where}: x must be (N, C, H, W), got shape {tuple(shape)}")
     for name, v, lo in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1),
@@ -513,7 +514,7 @@ def binary_conv2d_backward(dout, cache):
 # batch normalization (vanilla and shift-based)
 # ---------------------------------------------------------------------------
 
-_MODES = ("train", "eval", "test")
+MODES = ("train", "eval", "test")   # "test" is an alias of "eval"
 
 
 def _feature_axes(x, where):
@@ -526,8 +527,10 @@ def _feature_axes(x, where):
     raise ValueError(f"{where}: x must be (N, D) or (N, C, H, W), got shape {x.shape}")
 
 
-def _check_mode(mode, running_mean, running_var, where):
-    if mode not in _MODES:
+def check_mode(mode, running_mean, running_var, where):
+    """The BatchNorm mode ("train" or "eval") of ``mode``, checked (shared with the
+    device twins)."""
+    if mode not in MODES:
         raise ValueError(f"{where}: mode must be 'train' or 'eval', got {mode!r}")
     if mode != "train" and (running_mean is None or running_var is None):
         raise ValueError(f"{where}: eval mode needs running_mean and running_var")
@@ -586,7 +589,7 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     References: Ioffe & Szegedy 2015, Alg. 1; Hubara et al. 2016, Sec. 1.4.
     """
     x = as_input(x)
-    mode = _check_mode(mode, running_mean, running_var, "batchnorm_forward")
+    mode = check_mode(mode, running_mean, running_var, "batchnorm_forward")
     axes, bshape = _feature_axes(x, "batchnorm_forward")
     if (mode == "train" and norm_cpu.fusable(x)
             and np.shape(gamma) == np.shape(beta) == (x.shape[1],)     # no bounds checks
@@ -675,7 +678,7 @@ def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
     References: Hubara et al. 2016, Sec. 1.4, Alg. 3 (shift-based BN), Sec. 1.3 (STE).
     """
     x = as_input(x)
-    mode = _check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
+    mode = check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
     axes, bshape = _feature_axes(x, "shift_batchnorm_forward")
     if mode == "train":
         mu = x.mean(axis=axes)
@@ -796,7 +799,7 @@ def dropout_forward(x, p, mode, rng):
     x = as_input(x)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout_forward: p must be in [0, 1), got {p}")
-    if mode not in _MODES:
+    if mode not in MODES:
         raise ValueError(f"dropout_forward: mode must be 'train' or 'eval', got {mode!r}")
     if mode != "train" or p == 0.0:
         return x, None

@@ -49,7 +49,7 @@ Sec. 3 (XNOR kernels); Ioffe & Szegedy 2015 (batch normalization).
 
 import numpy as np
 
-from .functional import PRODUCT_BACKENDS, product_backend
+from .functional import MODES, PRODUCT_BACKENDS, check_mode, check_unfold, product_backend
 from .kernels import PreparedWeights, conv_output_size, n_words
 from .kernels import cuda as kc
 from .kernels import cuda_float as kf
@@ -69,7 +69,6 @@ __all__ = [
     "PRODUCT_BACKENDS",
 ]
 
-_MODES = ("train", "eval", "test")
 
 
 def check_available():
@@ -350,16 +349,8 @@ def binary_dense_backward(dout, cache):
 # ---------------------------------------------------------------------------
 
 def _check_geometry(shape, kh, kw, stride, padding, where):
-    if len(shape) != 4:
-        raise ValueError(f"{where}: x must be (N, C, H, W), got shape {tuple(shape)}")
-    for name, v, lo in (("kh", kh, 1), ("kw", kw, 1), ("stride", stride, 1),
-                        ("padding", padding, 0)):
-        if int(v) != v or v < lo:
-            raise ValueError(f"{where}: {name} must be an integer >= {lo}, got {v!r}")
-    N, C, H, W = shape
-    if H + 2 * padding < kh or W + 2 * padding < kw:
-        raise ValueError(f"{where}: kernel {kh}x{kw} larger than the padded image "
-                         f"{H + 2 * padding}x{W + 2 * padding}")
+    """functional.check_unfold, then the output size (H', W')."""
+    N, C, H, W = check_unfold(tuple(shape), kh, kw, stride, padding, where)
     return conv_output_size(H, kh, stride, padding), conv_output_size(W, kw, stride, padding)
 
 
@@ -522,14 +513,6 @@ def binary_conv2d_backward(dout, cache):
 # batch normalization
 # ---------------------------------------------------------------------------
 
-def _check_mode(mode, running_mean, running_var, where):
-    if mode not in _MODES:
-        raise ValueError(f"{where}: mode must be 'train' or 'eval', got {mode!r}")
-    if mode != "train" and (running_mean is None or running_var is None):
-        raise ValueError(f"{where}: eval mode needs running_mean and running_var")
-    return "train" if mode == "train" else "eval"
-
-
 def _features(x, where):
     if x.ndim not in (2, 4):
         raise ValueError(f"{where}: x must be (N, D) or (N, C, H, W), got shape {x.shape}")
@@ -543,7 +526,7 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     (``xhat``, ``inv_std``, ``gamma``, ``mode``).  Batch statistics: one block per
     feature, float64 accumulation, two passes (mean, then centred squares)."""
     x = as_input(x)
-    mode = _check_mode(mode, running_mean, running_var, "batchnorm_forward")
+    mode = check_mode(mode, running_mean, running_var, "batchnorm_forward")
     C, B = _features(x, "batchnorm_forward")
     for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                     ("running_var", running_var)):
@@ -618,7 +601,7 @@ def shift_batchnorm_forward(x, gamma, beta, mode="train", running_mean=None,
     running_var : (D,) / (C,) float32 device arrays.
     """
     x = as_input(x)
-    mode = _check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
+    mode = check_mode(mode, running_mean, running_var, "shift_batchnorm_forward")
     C, B = _features(x, "shift_batchnorm_forward")
     for name, v in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean),
                     ("running_var", running_var)):
@@ -741,7 +724,7 @@ def dropout_forward(x, p, mode, rng):
     x = as_input(x)
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout_forward: p must be in [0, 1), got {p}")
-    if mode not in _MODES:
+    if mode not in MODES:
         raise ValueError(f"dropout_forward: mode must be 'train' or 'eval', got {mode!r}")
     if mode != "train" or p == 0.0:
         return x, None
