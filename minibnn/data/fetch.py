@@ -557,26 +557,48 @@ def fetch_mnist(root: str | os.PathLike[str], source: str | os.PathLike[str] | N
     ------
     FetchError, DataError
     """
-    dest_dir = Path(root) / SUBDIRS["mnist"]
-    done = []
+    verifiers = {}
     for name, (_, sha) in MNIST_FILES.items():
+        # the digest is of the uncompressed content: one verifier serves both forms
         verify = _sha_verifier(sha, name, content=True)
-        existing = [dest_dir / name, dest_dir / (name + ".gz")]
-        ok = next((p for p in existing if _already_ok(p, verify, log)), None)
+        verifiers[name] = (verify, verify)
+    return _fetch_idx_files("mnist", "MNIST", MNIST_MIRRORS, verifiers, root, source,
+                            timeout, log, progress)
+
+
+def _fetch_idx_files(dataset: str, what: str, mirrors: tuple[str, ...],
+                     verifiers: dict[str, tuple[Verify, Verify]],
+                     root: str | os.PathLike[str], source: str | os.PathLike[str] | None,
+                     timeout: float, log: Log, progress: bool) -> list[Path]:
+    """The IDX files of ``dataset`` (MNIST, Fashion-MNIST) into ``<root>/<subdir>/``.
+
+    ``verifiers``: file name (without ``.gz``) -> ``(plain_verify, gz_verify)``.  A file
+    already in place in either form and verified is kept; otherwise it is imported from
+    ``source`` in the form found there, or its ``.gz`` is downloaded from ``mirrors``; a
+    corrupt copy under the other name is removed.  Returns the files in place.
+    """
+    dest_dir = Path(root) / SUBDIRS[dataset]
+    done = []
+    for name, (plain_verify, gz_verify) in verifiers.items():
+        plain_path, gz_path = dest_dir / name, dest_dir / (name + ".gz")
+        existing = [plain_path, gz_path]
+        ok = next((p for p, verify in ((plain_path, plain_verify), (gz_path, gz_verify))
+                   if _already_ok(p, verify, log)), None)
         if ok is not None:
             done.append(ok)
             continue
         if source is not None:
-            dirs = _source_dirs(Path(source), "mnist")
+            dirs = _source_dirs(Path(source), dataset)
             src = _find_in(dirs, [name, name + ".gz"])
             if src is None:
                 raise _missing_source(f"{name} (or {name}.gz)", dirs)
             log(f"importing {src}")
-            target = atomic_copy(src, dest_dir / src.name, verify)
+            gz = src.name.endswith(".gz")
+            target = atomic_copy(src, gz_path if gz else plain_path,
+                                 gz_verify if gz else plain_verify)
         else:
-            target = _download_mirrors(MNIST_MIRRORS, "MNIST", name + ".gz",
-                                       dest_dir / (name + ".gz"), verify, timeout, log,
-                                       progress)
+            target = _download_mirrors(mirrors, what, name + ".gz", gz_path, gz_verify,
+                                       timeout, log, progress)
         _remove_others(existing, target, log)
         done.append(target)
     return done
@@ -641,34 +663,11 @@ def fetch_fashion_mnist(root: str | os.PathLike[str],
     list of pathlib.Path
         The four files in place.
     """
-    dest_dir = Path(root) / SUBDIRS["fashion-mnist"]
-    done = []
-    for name, (magic, dims) in _FASHION_SHAPES.items():
-        gz_verify = _fashion_gz_verifier(name + ".gz")
-        plain_verify = _idx_plain_verifier(name, magic, dims)
-        gz_path, plain_path = dest_dir / (name + ".gz"), dest_dir / name
-        existing = [plain_path, gz_path]
-        ok = (plain_path if _already_ok(plain_path, plain_verify, log) else
-              gz_path if _already_ok(gz_path, gz_verify, log) else None)
-        if ok is not None:
-            done.append(ok)
-            continue
-        if source is not None:
-            dirs = _source_dirs(Path(source), "fashion-mnist")
-            src = _find_in(dirs, [name, name + ".gz"])
-            if src is None:
-                raise _missing_source(f"{name} (or {name}.gz)", dirs)
-            log(f"importing {src}")
-            gz = src.name.endswith(".gz")
-            target = atomic_copy(src, gz_path if gz else plain_path,
-                                 gz_verify if gz else plain_verify)
-        else:
-            target = _download_mirrors(FASHION_MNIST_MIRRORS, "Fashion-MNIST",
-                                       name + ".gz", gz_path, gz_verify, timeout, log,
-                                       progress)
-        _remove_others(existing, target, log)
-        done.append(target)
-    return done
+    verifiers = {name: (_idx_plain_verifier(name, magic, dims),
+                        _fashion_gz_verifier(name + ".gz"))
+                 for name, (magic, dims) in _FASHION_SHAPES.items()}
+    return _fetch_idx_files("fashion-mnist", "Fashion-MNIST", FASHION_MNIST_MIRRORS,
+                            verifiers, root, source, timeout, log, progress)
 
 
 def fetch_cifar10(root: str | os.PathLike[str], source: str | os.PathLike[str] | None = None,
