@@ -754,18 +754,25 @@ def maxpool2d_forward(x, kernel=2, stride=None):
     :func:`minibnn.kernels.reference.maxpool2d`).
     """
     x = as_input(x)
+    stride, _, _ = check_pool(x.shape, kernel, stride)
+    out, arg = pool.maxpool2d(np.ascontiguousarray(x), kernel, stride)   # x is float32/64
+    return out, (x.shape, arg, kernel, stride)
+
+
+def check_pool(shape, kernel, stride, where="maxpool2d_forward"):
+    """Geometry checks of max pooling (shared with the device twin): ``(stride, H', W')``
+    for an (N, C, H, W) ``shape`` (``stride=None`` means ``kernel``), or ``ValueError``."""
     stride = kernel if stride is None else stride
-    if x.ndim != 4:
-        raise ValueError(f"maxpool2d_forward: x must be (N, C, H, W), got {x.shape}")
+    if len(shape) != 4:
+        raise ValueError(f"{where}: x must be (N, C, H, W), got {tuple(shape)}")
     if kernel < 1 or stride < 1:
-        raise ValueError(f"maxpool2d_forward: kernel and stride must be >= 1, got {kernel}, {stride}")
-    N, C, H, W = x.shape
+        raise ValueError(f"{where}: kernel and stride must be >= 1, got {kernel}, {stride}")
+    N, C, H, W = shape
     Ho = conv_output_size(H, kernel, stride, 0)
     Wo = conv_output_size(W, kernel, stride, 0)
     if Ho < 1 or Wo < 1:
-        raise ValueError(f"maxpool2d_forward: window {kernel} larger than input {H}x{W}")
-    out, arg = pool.maxpool2d(np.ascontiguousarray(x), kernel, stride)   # x is float32/64
-    return out, (x.shape, arg, kernel, stride)
+        raise ValueError(f"{where}: window {kernel} larger than input {H}x{W}")
+    return stride, Ho, Wo
 
 
 def maxpool2d_backward(dout, cache):

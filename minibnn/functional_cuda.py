@@ -49,7 +49,8 @@ Sec. 3 (XNOR kernels); Ioffe & Szegedy 2015 (batch normalization).
 
 import numpy as np
 
-from .functional import MODES, PRODUCT_BACKENDS, check_mode, check_unfold, product_backend
+from .functional import (MODES, PRODUCT_BACKENDS, check_mode, check_pool, check_unfold,
+                         product_backend)
 from .kernels import PreparedWeights, conv_output_size, n_words
 from .kernels import cuda as kc
 from .kernels import cuda_float as kf
@@ -666,16 +667,8 @@ def maxpool2d_forward(x, kernel=2, stride=None):
     """Twin of :func:`minibnn.functional.maxpool2d_forward`: same output, same argmax
     (first maximum in row-major order), cache ``(x_shape, argmax int32, kernel, stride)``."""
     x = as_input(x)
-    stride = kernel if stride is None else stride
-    if x.ndim != 4:
-        raise ValueError(f"maxpool2d_forward: x must be (N, C, H, W), got {x.shape}")
-    if kernel < 1 or stride < 1:
-        raise ValueError(f"maxpool2d_forward: kernel and stride must be >= 1, got {kernel}, {stride}")
-    N, C, H, W = x.shape
-    Ho = conv_output_size(H, kernel, stride, 0)
-    Wo = conv_output_size(W, kernel, stride, 0)
-    if Ho < 1 or Wo < 1:
-        raise ValueError(f"maxpool2d_forward: window {kernel} larger than input {H}x{W}")
+    stride, Ho, Wo = check_pool(x.shape, kernel, stride)
+    N, C = x.shape[:2]
     out = _empty((N, C, Ho, Wo))
     arg = cuda.device_array((N, C, Ho, Wo), dtype=np.int32)
     kf.launch_elem(kf.maxpool_kernel, out.size, x, kernel, stride, out, arg)
