@@ -259,7 +259,7 @@ def main(argv=None):
                     xb, yb = next(stream)
                     scores = model.forward(xb)
                     loss, g = LG.squared_hinge(scores, yb)
-                    model.backward(g)
+                    model.backward(g, input_grad=False)
                     opt.step()
                     return loss
                 res = time_mode(mode, make_step, n_steps, args, np, cuda)
@@ -284,7 +284,7 @@ def main(argv=None):
                     xb, yb = next(stream)
                     scores = model.forward(xb)
                     loss, g = LG.squared_hinge(scores, yb)
-                    model.backward(g)
+                    model.backward(g, input_grad=False)
                     opt.step()
                     return loss
                 saved = args.steps_per_epoch

@@ -96,9 +96,9 @@ def instrument(model, totals):
             totals[f"{_c} forward"] += time.perf_counter() - t
             return out
 
-        def timed_bwd(g, _b=bwd, _c=cat):
+        def timed_bwd(g, input_grad=True, _b=bwd, _c=cat):
             t = time.perf_counter()
-            out = _b(g)
+            out = _b(g, input_grad=input_grad)
             totals[f"{_c} backward"] += time.perf_counter() - t
             return out
 
@@ -117,7 +117,7 @@ def run(hidden, backend, batches, seed=0):
     for i in range(2):
         scores = model.forward(x[i], training=True)
         _, g = losses.squared_hinge(scores, y[i], 10)
-        model.backward(g)
+        model.backward(g, input_grad=False)
         opt.step()
     totals.clear()
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def run(hidden, backend, batches, seed=0):
         t = time.perf_counter()
         _, g = losses.squared_hinge(scores, y[i], 10)
         totals["loss"] += time.perf_counter() - t
-        model.backward(g)
+        model.backward(g, input_grad=False)
         t = time.perf_counter()
         opt.step()
         totals["optimizer"] += time.perf_counter() - t
@@ -178,7 +178,7 @@ def run_conv(arch, batches, numpy_twins, batch_size=50, seed=0):
                 t0 = time.perf_counter()
             scores = model.forward(x[i], training=True)
             _, g = losses.squared_hinge(scores, y[i], 10)
-            model.backward(g)
+            model.backward(g, input_grad=False)
             t = time.perf_counter()
             opt.step()
             totals["optimizer"] += time.perf_counter() - t
@@ -235,7 +235,7 @@ def minibnn_step_time(kind, hidden, steps, batch_size, seed=0):
     def step(x, y):
         scores = model.forward(x, training=True)
         _, g = losses.squared_hinge(scores, y, 10)
-        model.backward(g)
+        model.backward(g, input_grad=False)
         opt.step()
 
     return _median_step(step, batches, steps)

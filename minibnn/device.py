@@ -278,7 +278,7 @@ class DeviceLoop:
         xb, yb = self._train.gather(self._perm[lo:hi])
         scores = self.model.forward(xb, training=True)
         grad = self._acc.add(scores, yb)
-        self.model.backward(grad)
+        self.model.backward(grad, input_grad=False)   # nothing below the input
         self.opt.step()
         self._dirty = True
         state.tracker.after_batch(self.model)

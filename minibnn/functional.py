@@ -174,17 +174,43 @@ def dense_forward(x, w, b=None):
     return out, (x, w, b is not None)
 
 
-def dense_backward(dout, cache):
+def dense_backward(dout, cache, need_dx=True, dw_out=None):
     """Gradients of :func:`dense_forward`.
 
     dout : (N, F).  Returns ``dx (N, K) = dout @ w.T``, ``dw (K, F) = x.T @ dout``,
-    ``db (F,) = sum_n dout`` (None without bias).
+    ``db (F,) = sum_n dout`` (None without bias).  The two options save work a training
+    step does not need (the results are the same): ``need_dx=False`` skips dx (returned
+    as None; a first layer's input gradient is never used), and ``dw_out`` -- an array
+    of dw's shape and dtype, such as the layer's gradient buffer -- receives dw
+    (:func:`into`).
     """
     x, w, has_bias = cache
-    dx = dout @ w.T
-    dw = x.T @ dout
+    dx = dout @ w.T if need_dx else None
+    dw = matmul_into(x.T, dout, dw_out)
     db = dout.sum(axis=0) if has_bias else None
     return dx, dw, db
+
+
+def into(out, shape, dtype):
+    """``out`` if it can receive a result of this shape and dtype (a C-contiguous array
+    of exactly that shape and dtype), else None.
+
+    The backward ops take an optional destination for the weight gradient so that a
+    layer's gradient buffer is written once, by the product itself, instead of the
+    product going to a new array that is then copied into it (64 MB read and written
+    per step for a 4096 x 4096 layer).  Any other ``out`` is ignored: the op then
+    returns a new array, and the caller copies it where it belongs.
+    """
+    if (type(out) is np.ndarray and out.shape == tuple(shape) and out.dtype == dtype
+            and out.flags.c_contiguous and out.flags.writeable):
+        return out
+    return None
+
+
+def matmul_into(a, b, out=None):
+    """``a @ b``, written into ``out`` when :func:`into` accepts it."""
+    out = into(out, (a.shape[0], b.shape[1]), np.result_type(a.dtype, b.dtype))
+    return a @ b if out is None else np.matmul(a, b, out=out)
 
 
 def prepare_binary_weights(w, backend):
@@ -287,19 +313,20 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     return out, cache
 
 
-def binary_dense_backward(dout, cache):
+def binary_dense_backward(dout, cache, need_dx=True, dw_out=None):
     """Gradients of :func:`binary_dense_forward`.
 
     Rule: ``dx = dout @ sign(w).T`` (exact), ``dw = x.T @ dout`` (the gradient w.r.t.
     sign(w), passed straight through to the latent w), ``db = sum_n dout``.
 
-    dout : (N, F).  Returns ``dx (N, K)``, ``dw (K, F)``, ``db (F,)`` or None.
+    dout : (N, F).  Returns ``dx (N, K)`` (None when ``need_dx`` is False), ``dw (K, F)``
+    (written into ``dw_out`` when :func:`into` accepts it), ``db (F,)`` or None.
 
     References: Hubara et al. 2016, Sec. 1.3, Alg. 1.
     """
     x, wb = cache["x"], cache["w_b"]
-    dx = dout @ wb.T
-    dw = x.T @ dout
+    dx = dout @ wb.T if need_dx else None
+    dw = matmul_into(x.T, dout, dw_out)
     db = dout.sum(axis=0) if cache["has_bias"] else None
     return dx, dw, db
 
@@ -400,18 +427,20 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return out, cache
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, need_dx=True, dw_out=None):
     """Gradients of :func:`conv2d_forward`.
 
-    dout : (N, F, H', W').  Returns ``dx (N, C, H, W)`` = col2im(dout_rows @ w_mat),
-    ``dw (F, C, KH, KW)`` = dout_rows.T @ cols, ``db (F,)`` (None without bias).
+    dout : (N, F, H', W').  Returns ``dx (N, C, H, W)`` = col2im(dout_rows @ w_mat)
+    (None when ``need_dx`` is False), ``dw (F, C, KH, KW)`` = dout_rows.T @ cols
+    (written into ``dw_out`` when :func:`into` accepts it), ``db (F,)`` (None without
+    bias).
     """
     w = cache["w"]
     F, C, KH, KW = w.shape
     d2 = _nchw_to_rows(dout)
-    dw = (d2.T @ cache["cols"]).reshape(w.shape)
+    dw = _conv_weight_grad(d2, cache["cols"], w.shape, dw_out)
     dx = col2im(d2 @ w.reshape(F, -1), cache["x_shape"], KH, KW, cache["stride"],
-                cache["padding"])
+                cache["padding"]) if need_dx else None
     db = dout.sum(axis=(0, 2, 3)) if cache["has_bias"] else None
     return dx, dw, db
 
@@ -472,7 +501,16 @@ def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, 
     return out, cache
 
 
-def binary_conv2d_backward(dout, cache):
+def _conv_weight_grad(d2, cols, w_shape, dw_out):
+    """dw (F, C, KH, KW) = d2.T @ cols, into ``dw_out`` when :func:`into` accepts it."""
+    out = into(dw_out, w_shape, np.result_type(d2.dtype, cols.dtype))
+    if out is None:
+        return (d2.T @ cols).reshape(w_shape)
+    np.matmul(d2.T, cols, out=out.reshape(w_shape[0], -1))   # a view: fills out
+    return out
+
+
+def binary_conv2d_backward(dout, cache, need_dx=True, dw_out=None):
     """Gradients of :func:`binary_conv2d_forward` (float GEMMs against sign(w)).
 
     Rule: ``dw = dout_rows.T @ im2col(x)``, ``dx = col2im(dout_rows @ w_mat)``.  Stride
@@ -480,8 +518,9 @@ def binary_conv2d_backward(dout, cache):
     (:func:`minibnn.kernels.conv_train.conv_backward`, equal to rounding); other strides
     through im2col / col2im.
 
-    dout : (N, F, H', W').  Returns ``dx (N, C, H, W)`` (exact, for fixed sign(w)),
-    ``dw (F, C, KH, KW)`` (w.r.t. sign(w), straight through), ``db (F,)`` or None.
+    dout : (N, F, H', W').  Returns ``dx (N, C, H, W)`` (exact, for fixed sign(w); None
+    when ``need_dx`` is False), ``dw (F, C, KH, KW)`` (w.r.t. sign(w), straight through;
+    written into ``dw_out`` when :func:`into` accepts it), ``db (F,)`` or None.
     """
     x, wb = cache["x"], cache["w_b"]
     F, C, KH, KW = wb.shape
@@ -499,14 +538,16 @@ def binary_conv2d_backward(dout, cache):
         d, xx = np.ascontiguousarray(dout, dtype=dtype), np.ascontiguousarray(x, dtype=dtype)
         wm = np.ascontiguousarray(wb.reshape(F, -1), dtype=dtype)
         if conv_train.supported(xx, d, wm, stride):
-            dx, dw = conv_train.conv_backward(d, xx, wm, KH, KW, padding)
-            return dx, dw.reshape(wb.shape), db
+            out = into(dw_out, wb.shape, dtype)
+            dx, dw = conv_train.conv_backward(d, xx, wm, KH, KW, padding, need_dx=need_dx,
+                                              dw_out=None if out is None else out.reshape(F, -1))
+            return dx, (dw.reshape(wb.shape) if out is None else out), db
     cols = cache["cols"]
     if cols is None:             # packed forward: the float unfolding is needed only now
         cols = im2col(x, KH, KW, stride, padding)
     d2 = _nchw_to_rows(dout)
-    dw = (d2.T @ cols).reshape(wb.shape)
-    dx = col2im(d2 @ wb.reshape(F, -1), x.shape, KH, KW, stride, padding)
+    dw = _conv_weight_grad(d2, cols, wb.shape, dw_out)
+    dx = col2im(d2 @ wb.reshape(F, -1), x.shape, KH, KW, stride, padding) if need_dx else None
     return dx, dw, db
 
 
@@ -578,7 +619,7 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     ``batch_mean`` and ``batch_var`` ((D,) / (C,)), the statistics the running ones are
     updated with (:func:`running_average`).
 
-    Train mode on C-contiguous (N, C, H, W) float input runs the fused kernel
+    Train mode on C-contiguous (N, C, H, W) or (N, D) float input runs the fused kernel
     :func:`minibnn.kernels.norm_cpu.batchnorm_train_forward` (same rule; this NumPy code
     is its twin, equal to rounding).
 
@@ -594,7 +635,8 @@ def batchnorm_forward(x, gamma, beta, mode="train", running_mean=None, running_v
     if (mode == "train" and norm_cpu.fusable(x)
             and np.shape(gamma) == np.shape(beta) == (x.shape[1],)     # no bounds checks
             and np.result_type(x.dtype, np.asarray(gamma).dtype, np.asarray(beta).dtype) == x.dtype):
-        # (N, C, H, W): the same rule in two passes per channel (kernels/norm_cpu.py)
+        # (N, C, H, W) or (N, D): the same rule in two or three passes per feature
+        # (kernels/norm_cpu.py)
         out, xhat, mu, var, inv_std = norm_cpu.batchnorm_train_forward(x, gamma, beta, eps)
         _update_running(running_mean, mu, momentum)
         _update_running(running_var, var, momentum)

@@ -109,6 +109,15 @@ def _empty(shape):
     return cuda.device_array(shape, dtype=np.float32)
 
 
+def _into(out, shape):
+    """Twin of :func:`minibnn.functional.into` for float32 device arrays: ``out`` if it
+    is a C-contiguous float32 device array of exactly ``shape``, else a new one."""
+    if (out is not None and is_device_array(out) and tuple(out.shape) == tuple(shape)
+            and np.dtype(out.dtype) == np.float32 and out.is_c_contiguous()):
+        return out
+    return _empty(shape)
+
+
 def _flag_check(flags, messages):
     """Copy the int32 ``flags`` once (a sync) and raise ValueError for the first set."""
     got = flags.copy_to_host()
@@ -250,13 +259,14 @@ def _bias_grad(dout, has_bias):
     return kf.chan_sum(dout)[0] if has_bias else None
 
 
-def dense_backward(dout, cache):
-    """Twin of :func:`minibnn.functional.dense_backward`: ``dx = dout @ w.T``,
-    ``dw = x.T @ dout``, ``db = sum_n dout``."""
+def dense_backward(dout, cache, need_dx=True, dw_out=None):
+    """Twin of :func:`minibnn.functional.dense_backward`: ``dx = dout @ w.T`` (None
+    unless ``need_dx``), ``dw = x.T @ dout`` (into ``dw_out`` when it fits),
+    ``db = sum_n dout``."""
     x, w, has_bias = cache
     _dev(dout, "dout", 2, "dense_backward")
-    dx = kf.sgemm(dout, w, _empty(x.shape), trans_b=True)
-    dw = kf.sgemm(x, dout, _empty(w.shape), trans_a=True)
+    dx = kf.sgemm(dout, w, _empty(x.shape), trans_b=True) if need_dx else None
+    dw = kf.sgemm(x, dout, _into(dw_out, w.shape), trans_a=True)
     return dx, dw, _bias_grad(dout, has_bias)
 
 
@@ -332,16 +342,17 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     return out, cache
 
 
-def binary_dense_backward(dout, cache):
-    """Twin of :func:`minibnn.functional.binary_dense_backward`: ``dx = dout @ sign(w).T``,
-    ``dw = x.T @ dout`` (straight through to the latent w), ``db = sum_n dout``."""
+def binary_dense_backward(dout, cache, need_dx=True, dw_out=None):
+    """Twin of :func:`minibnn.functional.binary_dense_backward`: ``dx = dout @ sign(w).T``
+    (None unless ``need_dx``), ``dw = x.T @ dout`` (straight through to the latent w;
+    into ``dw_out`` when it fits), ``db = sum_n dout``."""
     x, wb = cache["x"], cache["w_b"]
     _dev(dout, "dout", 2, "binary_dense_backward")
     if dout.shape != (x.shape[0], wb.shape[1]):
         raise ValueError(f"binary_dense_backward: dout must be {(x.shape[0], wb.shape[1])}, "
                          f"got {dout.shape}")
-    dx = kf.sgemm(dout, wb, _empty(x.shape), trans_b=True)
-    dw = kf.sgemm(x, dout, _empty(wb.shape), trans_a=True)
+    dx = kf.sgemm(dout, wb, _empty(x.shape), trans_b=True) if need_dx else None
+    dw = kf.sgemm(x, dout, _into(dw_out, wb.shape), trans_a=True)
     return dx, dw, _bias_grad(dout, cache["has_bias"])
 
 
@@ -419,23 +430,27 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0):
     return out, cache
 
 
-def _conv_grads(dout, cols, wmat, w_shape, x_shape, stride, padding, has_bias, where):
+def _conv_grads(dout, cols, wmat, w_shape, x_shape, stride, padding, has_bias, where,
+                need_dx, dw_out):
     _dev(dout, "dout", 4, where)
     F, C, KH, KW = w_shape
     d2 = _nchw_to_rows(dout)
-    dw = kf.sgemm(d2, cols, _empty((F, C * KH * KW)), trans_a=True).reshape(w_shape)
-    dcols = kf.sgemm(d2, wmat, _empty(cols.shape))
-    dx = col2im(dcols, x_shape, KH, KW, stride, padding)
+    dw = _into(dw_out, w_shape)
+    kf.sgemm(d2, cols, dw.reshape(F, C * KH * KW), trans_a=True)    # a view: fills dw
+    dx = None
+    if need_dx:
+        dcols = kf.sgemm(d2, wmat, _empty(cols.shape))
+        dx = col2im(dcols, x_shape, KH, KW, stride, padding)
     return dx, dw, _bias_grad(dout, has_bias)
 
 
-def conv2d_backward(dout, cache):
+def conv2d_backward(dout, cache, need_dx=True, dw_out=None):
     """Twin of :func:`minibnn.functional.conv2d_backward`."""
     w = cache["w"]
     F = w.shape[0]
     return _conv_grads(dout, cache["cols"], w.reshape(F, w.size // F), w.shape,
                        cache["x_shape"], cache["stride"], cache["padding"], cache["has_bias"],
-                       "conv2d_backward")
+                       "conv2d_backward", need_dx, dw_out)
 
 
 class _DeviceConvWeights(kc.ConvWeights):
@@ -498,7 +513,7 @@ def binary_conv2d_forward(x, w, b=None, stride=1, padding=0, binary_input=True, 
     return _rows_to_nchw(rows, N, Ho, Wo, b), cache
 
 
-def binary_conv2d_backward(dout, cache):
+def binary_conv2d_backward(dout, cache, need_dx=True, dw_out=None):
     """Twin of :func:`minibnn.functional.binary_conv2d_backward` (im2col/col2im, float)."""
     x, wb = cache["x"], cache["w_b"]
     F, C, KH, KW = wb.shape
@@ -507,7 +522,7 @@ def binary_conv2d_backward(dout, cache):
         cols = im2col(x, KH, KW, cache["stride"], cache["padding"])
     return _conv_grads(dout, cols, wb.reshape(F, C * KH * KW), wb.shape, x.shape,
                        cache["stride"], cache["padding"], cache["has_bias"],
-                       "binary_conv2d_backward")
+                       "binary_conv2d_backward", need_dx, dw_out)
 
 
 # ---------------------------------------------------------------------------

@@ -184,6 +184,8 @@ class Layer:
         # Copy into the existing array so references held by an optimizer stay valid;
         # replace it only if the param changed dtype/shape (e.g. after astype(float64)).
         p, target = self.params[name], self.grads.get(name)
+        if g is target:
+            return                       # the op wrote it in place (its dw_out)
         if target is not None and target.shape == p.shape and target.dtype == p.dtype:
             _ops(target, g).copy_into(target, g)
         else:
@@ -297,16 +299,33 @@ class Layer:
             raise
         return out, PendingForward(self, out.shape, cache, new_buffers, rng_states)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out, input_grad=True):
         """Gradient w.r.t. the input of the last :meth:`forward`; param gradients go to
-        ``self.grads`` (overwritten).  grad_out has the shape of that forward's output."""
+        ``self.grads`` (overwritten).  grad_out has the shape of that forward's output.
+
+        ``input_grad=False`` says the caller does not want the input's gradient (the
+        first layers of a model: nothing is below them): the layer then returns None and
+        computes only its parameter gradients -- nothing at all if it has no parameters,
+        and no input-gradient product in a dense or convolution layer (one of a layer's
+        two backward GEMMs).  The parameter gradients are the same either way.
+        """
         if self._cache is _NO_FORWARD:
             raise RuntimeError(f"{self!r}: backward() called before forward()")
         grad_out = _ops(grad_out).as_input(grad_out, "grad_out")
         if grad_out.shape != self._out_shape:
             raise ValueError(f"{self!r}: grad_out has shape {grad_out.shape}, but the last "
                              f"forward output had shape {self._out_shape}")
-        return self._backward(grad_out, self._cache)
+        if input_grad:
+            return self._backward(grad_out, self._cache)
+        if not self.params:
+            return None
+        if self._skips_input_grad:
+            return self._backward(grad_out, self._cache, input_grad=False)
+        self._backward(grad_out, self._cache)   # its dx is cheap here (BatchNorm)
+        return None
+
+    #: whether ``_backward`` takes ``input_grad=False`` (and then skips dx)
+    _skips_input_grad = False
 
     def _forward(self, x, training):
         raise NotImplementedError
@@ -319,13 +338,17 @@ class _ProductLayer(Layer):
     """Dense and convolution layers: ``w`` and an optional bias ``b``.
 
     ``_backward_op`` names the op (in :mod:`minibnn.functional` or its device twin)
-    returning ``(dx, dw, db)``; the gradients are stored here, once for all four.
+    returning ``(dx, dw, db)``; the gradients are stored here, once for all four.  The
+    op writes dw straight into ``grads["w"]`` when that buffer has dw's shape and dtype
+    (``dw_out``), and skips dx when the caller does not want it.
     """
 
     _backward_op = None
+    _skips_input_grad = True
 
-    def _backward(self, grad_out, cache):
-        dx, dw, db = getattr(_ops(grad_out), self._backward_op)(grad_out, cache)
+    def _backward(self, grad_out, cache, input_grad=True):
+        op = getattr(_ops(grad_out), self._backward_op)
+        dx, dw, db = op(grad_out, cache, need_dx=input_grad, dw_out=self.grads.get("w"))
         self._store_grad("w", dw)
         if db is not None:
             self._store_grad("b", db)

@@ -109,12 +109,22 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, grad):
+    def backward(self, grad, input_grad=True):
         """grad: d loss / d output of the last forward -> d loss / d input; fills every
-        layer's ``grads`` (overwritten, not accumulated)."""
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
-        return grad
+        layer's ``grads`` (overwritten, not accumulated).
+
+        ``input_grad=False`` (what training does) returns None and skips the work only
+        the input's gradient needs: the layers below the first one with parameters, and
+        that layer's input-gradient product (see :meth:`minibnn.layers.Layer.backward`).
+        Every ``grads`` array is the same either way.
+        """
+        first = next((i for i, layer in enumerate(self.layers) if layer.params),
+                     len(self.layers))
+        for i in range(len(self.layers) - 1, -1, -1):
+            if not input_grad and i < first:
+                break
+            grad = self.layers[i].backward(grad, input_grad=input_grad or i > first)
+        return grad if input_grad else None
 
     def train(self, mode=True):
         """Set training mode (batch statistics, dropout, stochastic sign); returns self."""

@@ -359,7 +359,7 @@ class HostLoop:
         xb, yb = s.x_train[idx], s.y_train[idx]
         scores = s.model.forward(xb, training=True)
         loss, grad = s.loss_fn(scores, yb)
-        s.model.backward(grad)
+        s.model.backward(grad, input_grad=False)   # nothing below the input
         s.opt.step()
         state.tracker.after_batch(s.model)
         state.loss_sum += float(loss) * len(yb)

@@ -130,7 +130,11 @@ def _numpy_rule():
     return mock.patch.object(functional.norm_cpu, "fusable", lambda *a: False)
 
 
-@given(st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6), st.integers(1, 6)),
+# 4-D (N, C, H, W) and dense (N, D), D crossing the row kernels' feature blocks
+@given(st.one_of(st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 6),
+                           st.integers(1, 6)),
+                 st.tuples(st.integers(1, 7),
+                           st.sampled_from([1, 3, 255, 256, 257, 600]))),
        st.sampled_from([np.float32, np.float64]), st.integers(0, 2**31 - 1))
 def test_batchnorm_train_kernels_match_numpy_rule(shape, dtype, seed):
     r = np.random.default_rng(seed)

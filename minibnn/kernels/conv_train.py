@@ -282,13 +282,15 @@ def supported(x, dout, w_mat, stride):
     return N * (H + 2) * (W + 2) + 4 * (H + W) < 2 ** 31 - 2 ** 20
 
 
-def conv_backward(dout, x, w_mat, kh, kw, padding, need_dx=True):
+def conv_backward(dout, x, w_mat, kh, kw, padding, need_dx=True, dw_out=None):
     """``(dx, dw)`` of a stride-1 convolution with zero padding (module docstring).
 
     dout : (N, F, H', W'), x : (N, C, H, W), w_mat : (F, C*kh*kw) -- the weights the
     forward used (``sign(w)`` for a binary layer); one float dtype, C-contiguous, with
     ``H' = H + 2*padding - kh + 1``.  Returns dx (N, C, H, W) (None when ``need_dx`` is
-    False) and dw (F, C*kh*kw), both in that dtype.
+    False) and dw (F, C*kh*kw), both in that dtype; dw is written into ``dw_out`` when
+    that is given (a C-contiguous (F, C*kh*kw) array of the dtype; ``ValueError``
+    otherwise).
 
     The taps are stacked so that few, wide GEMMs remain (64-wide ones ran BLAS at half
     its rate): ``x3`` holds ``kw`` copies of xp, row ``(b, c)`` shifted by ``b`` columns,
@@ -315,7 +317,16 @@ def conv_backward(dout, x, w_mat, kh, kw, padding, need_dx=True):
     # sum_q xp[c, b + q] dz_grid[f, q - a*Wp] = sum_p xp[c, p + a*Wp + b] dz_grid[f, p]
     taps = np.empty((kw * C, kh * F), dtype=dtype)
     gemm(x3, dza.T, taps)
-    dw = np.ascontiguousarray(taps.reshape(kw, C, kh, F).transpose(3, 1, 2, 0))
+    tapped = taps.reshape(kw, C, kh, F).transpose(3, 1, 2, 0)   # (F, C, kh, kw) view
+    if dw_out is None:
+        dw = np.ascontiguousarray(tapped)
+    else:
+        if not (isinstance(dw_out, np.ndarray) and dw_out.shape == (F, C * kh * kw)
+                and dw_out.dtype == dtype and dw_out.flags.c_contiguous):
+            raise ValueError(f"conv_backward: dw_out must be a C-contiguous {dtype} array "
+                             f"of shape {(F, C * kh * kw)}")
+        dw = dw_out
+        np.copyto(dw.reshape(F, C, kh, kw), tapped)
     w4 = w_mat.reshape(F, C, kh, kw)
     dx = None
     if need_dx:
@@ -332,16 +343,16 @@ def conv_backward(dout, x, w_mat, kh, kw, padding, need_dx=True):
             s0 = S - a * Wp - (kw - 1)
             gemm(wt[a].reshape(C, kw * F), dz3[:, s0:s0 + L], dxp, beta=0.0 if a == 0 else 1.0)
         dx = extract_interior(dxp, x.shape, padding, 0, (Hp, Wp))
-    return dx, dw.reshape(F, C * kh * kw)
+    return dx, (dw if dw_out is not None else dw.reshape(F, C * kh * kw))
 
 
-def conv_backward_reference(dout, x, w_mat, kh, kw, padding, need_dx=True):
+def conv_backward_reference(dout, x, w_mat, kh, kw, padding, need_dx=True, dw_out=None):
     """NumPy twin of :func:`conv_backward`: the im2col formula, ``dw = dout_rows.T @
     im2col(x)``, ``dx = col2im(dout_rows @ w_mat)`` (:mod:`minibnn.kernels.reference`)."""
     from . import reference
     N, F, Ho, Wo = dout.shape
     cols = reference.im2col(x, kh, kw, 1, padding)
     d2 = dout.transpose(0, 2, 3, 1).reshape(-1, F)
-    dw = d2.T @ cols
+    dw = d2.T @ cols if dw_out is None else np.matmul(d2.T, cols, out=dw_out)
     dx = reference.col2im(d2 @ w_mat, x.shape, kh, kw, 1, padding) if need_dx else None
     return dx, dw
