@@ -297,3 +297,40 @@ def test_cli_train_export_eval_on_cuda(tiny, tmp_path, capsys):
         results[backend] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert results["cuda"]["device_resident"] and not results["cpu"]["device_resident"]
     assert results["cuda"]["errors"] == results["cpu"]["errors"]
+
+
+@pytest.mark.parametrize("op", ["binary_dense", "binary_conv2d"])
+def test_device_backward_options_match_host(op):
+    """The device twins honour ``need_dx=False`` and ``dw_out`` as the NumPy ops do:
+    dx skipped, dw written into the given buffer (returned as that very array), values
+    equal to the default call's."""
+    from numba import cuda
+
+    from minibnn import functional as F
+    from minibnn import functional_cuda as G
+    r = np.random.default_rng(5)
+    if op == "binary_dense":
+        x = np.where(r.standard_normal((4, 70)) >= 0, 1.0, -1.0).astype(np.float32)
+        w = r.uniform(-1, 1, (70, 6)).astype(np.float32)
+        fwd, bwd = "binary_dense_forward", "binary_dense_backward"
+        kw = {}
+    else:
+        x = np.where(r.standard_normal((2, 2, 4, 4)) >= 0, 1.0, -1.0).astype(np.float32)
+        w = r.uniform(-1, 1, (3, 2, 3, 3)).astype(np.float32)
+        fwd, bwd = "binary_conv2d_forward", "binary_conv2d_backward"
+        kw = {"padding": 1}
+    out, hc = getattr(F, fwd)(x, w, backend="cpu", **kw)
+    d = r.standard_normal(out.shape).astype(np.float32)
+    _, want_dw, _ = getattr(F, bwd)(d, hc)
+    _, dc = getattr(G, fwd)(cuda.to_device(x), cuda.to_device(w), backend="cuda", **kw)
+    dd = cuda.to_device(d)
+    dx, dw, _ = getattr(G, bwd)(dd, dc)
+    assert dx is not None
+    buf = cuda.to_device(np.full(w.shape, np.nan, np.float32))
+    dx2, dw2, _ = getattr(G, bwd)(dd, dc, need_dx=False, dw_out=buf)
+    assert dx2 is None and dw2 is buf
+    np.testing.assert_allclose(buf.copy_to_host(), dw.copy_to_host(), rtol=0, atol=0)
+    np.testing.assert_allclose(buf.copy_to_host(), want_dw, rtol=1e-5, atol=1e-5)
+    wrong = cuda.to_device(np.zeros((1,) + w.shape, np.float32))   # not dw's shape: ignored
+    _, dw3, _ = getattr(G, bwd)(dd, dc, dw_out=wrong)
+    assert dw3 is not wrong and not wrong.copy_to_host().any()
