@@ -31,8 +31,10 @@ outside :class:`DeviceLoop`, the loss: one float).
 Memory: numba.cuda allocates every array with ``cuMemAlloc`` and frees in batches with
 ``cuMemFree``, which synchronizes the device; a step allocates a few dozen temporaries.
 :func:`use_caching_allocator` installs a caching allocator (blocks kept in size classes
-and reused, never returned to the driver) through numba's External Memory Management
-interface; it must run before the process's first CUDA call.  Reuse is safe because
+and reused; returned to the driver only when an allocation would otherwise run out of
+memory) through numba's External Memory Management interface; it must run before the
+process's first CUDA call.  It is opt-in and, like the rest of the device code, has run
+only under the simulator and on fakes so far (``tests/test_device_allocator.py``).  Reuse is safe because
 every kernel and copy here runs on the one default stream, in order.
 
 References: Hubara et al., "Binarized Neural Networks", NIPS 2016, Alg. 1 (the training
@@ -324,39 +326,109 @@ def _size_class(size):
     return max(512, 1 << (int(size) - 1).bit_length())
 
 
-def _make_manager():
+class _BlockPool:
+    """The caching allocator's bookkeeping, in pure Python (tested without a GPU): free
+    device blocks kept per size class (:func:`_size_class`) and handed out again.
+
+    ``allocate(nbytes) -> block`` gets a new block from the driver (numba's own manager:
+    an object that keeps ``nbytes`` of device memory alive while it is referenced).
+    ``is_oom(exc)`` says whether ``allocate`` failed for want of memory: then the cached
+    free blocks are dropped, their memory goes back to the driver, and ``allocate`` is
+    tried once more -- without that, blocks cached in other classes could make a
+    request fail that the driver could serve.
+    """
+
+    def __init__(self, allocate, is_oom=lambda exc: False):
+        self._allocate = allocate
+        self._is_oom = is_oom
+        self._free = {}         # size class (bytes) -> [block], last in, first out
+
+    def take(self, size):
+        """``(block, give_back)`` for a request of ``size`` bytes: a free block of its size
+        class, else a new one.  ``give_back()`` puts the block back on the free list of
+        that class (the finalizer of the pointer handed out: it runs once the last
+        array using the block is gone)."""
+        nbytes = _size_class(size)
+        free = self._free.setdefault(nbytes, [])
+        block = free.pop() if free else self._new(nbytes)
+
+        def give_back():
+            free.append(block)
+        return block, give_back
+
+    def _new(self, nbytes):
+        try:
+            return self._allocate(nbytes)
+        except Exception as exc:
+            if not (self._is_oom(exc) and self.release()):
+                raise
+        return self._allocate(nbytes)
+
+    def release(self):
+        """Drop every cached free block (its memory returns to the driver once nothing
+        else holds it); blocks in use come back to their lists later.  Returns how many
+        were dropped."""
+        n = 0
+        for free in self._free.values():
+            n += len(free)
+            free.clear()
+        return n
+
+    def free_counts(self):
+        """``{size class: number of free blocks}`` (for tests and statistics)."""
+        return {nbytes: len(free) for nbytes, free in self._free.items() if free}
+
+
+def _make_manager(parent=None, pointer=None, is_oom=None):
+    """The caching memory manager class: a subclass of ``parent`` (numba's
+    ``NumbaCUDAMemoryManager``) whose ``memalloc`` hands out ``pointer`` (numba's
+    ``MemoryPointer``) views of pooled blocks.  The arguments are for tests: fakes with
+    the same interface build the class without CUDA."""
     import weakref
 
-    from numba.cuda.cudadrv.driver import MemoryPointer, NumbaCUDAMemoryManager
+    oom_test = is_oom or (lambda exc: False)
+    if parent is None:
+        from numba.cuda.cudadrv.driver import (CudaAPIError, MemoryPointer,
+                                               NumbaCUDAMemoryManager, binding)
 
-    class CachingMemoryManager(NumbaCUDAMemoryManager):
+        oom = binding.CUresult.CUDA_ERROR_OUT_OF_MEMORY
+        parent, pointer = NumbaCUDAMemoryManager, MemoryPointer
+
+        def oom_test(exc):
+            return isinstance(exc, CudaAPIError) and exc.code == oom
+
+    class CachingMemoryManager(parent):
         """numba's own manager, with freed blocks kept per size class and handed out
         again instead of ``cuMemFree`` + ``cuMemAlloc``."""
 
-        def initialize(self):
-            super().initialize()
-            self._free_blocks = {}
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # here, not in initialize(): numba calls that at every context push ("safe
+            # to be called multiple times"), and a new pool there would drop the cache
+            self._pool = self._new_pool()
+
+        def _new_pool(self):
+            # new blocks come from the parent's memalloc (which, on OOM, flushes numba's
+            # pending frees and retries once; the pool, on OOM, drops its cache and
+            # calls it again)
+            return _BlockPool(lambda nbytes: parent.memalloc(self, nbytes), oom_test)
 
         def memalloc(self, size):
-            cls = _size_class(size)
-            free = self._free_blocks.setdefault(cls, [])
-            block = free.pop() if free else NumbaCUDAMemoryManager.memalloc(self, cls)
+            block, give_back = self._pool.take(size)
             # the array gets a view of the block; when it dies the block goes back to
-            # the free list (the block object itself stays referenced by the pool)
-            return MemoryPointer(weakref.proxy(self.context), block.device_pointer, size,
-                                 finalizer=_returner(free, block))
+            # the free list (until then the finalizer's closure keeps the block alive)
+            return pointer(weakref.proxy(self.context), block.device_pointer, size,
+                           finalizer=give_back)
 
         def reset(self):
-            self._free_blocks = {}
+            # the context's memory is going away: the cached blocks are dropped now, and
+            # blocks still in use come back to the old pool's lists, which nothing hands
+            # out any more (and which die with the last of them)
+            self._pool.release()
+            self._pool = self._new_pool()
             super().reset()
 
     return CachingMemoryManager
-
-
-def _returner(free, block):
-    def give_back():
-        free.append(block)
-    return give_back
 
 
 _ALLOCATOR = {}
@@ -365,8 +437,10 @@ _ALLOCATOR = {}
 def use_caching_allocator():
     """Install the caching allocator for this process; returns True if installed.
 
-    Must be called before the first CUDA call of the process (numba binds a context to
-    its memory manager when the context is created).  A no-op returning False under
+    Freed blocks stay cached in their size class (:class:`_BlockPool`) and go back to
+    the driver only when an allocation would otherwise fail for want of memory.  Must be
+    called before the first CUDA call of the process (numba binds a context to its
+    memory manager when the context is created).  A no-op returning False under
     ``NUMBA_ENABLE_CUDASIM=1`` (the simulator has no device memory).
     """
     if kc.SIMULATOR or cuda is None:

@@ -345,47 +345,79 @@ class Optimizer:
         ``"lr_scale"`` a checked float.  Nothing is modified.
         """
         out, seen = [], set()
-        for item in items:
-            try:
-                name, param, grad, info = item
-            except (TypeError, ValueError):
-                raise ValueError("a parameter must be a (name, param, grad, info) tuple, "
-                                 f"got {type(item).__name__}") from None
-            name = str(name)
-            if name in seen:
-                raise ValueError(f"duplicate parameter name {name!r}")
-            seen.add(name)
-            if grad is None:
-                raise ValueError(f"parameter {name!r}: no gradient (grad is None); run backward first")
-            kern = dispatch.twin(optim_cpu, param, grad)    # TypeError if host and device mix
-            if kern is optim_cpu:
-                if not isinstance(param, np.ndarray) or not np.issubdtype(param.dtype, np.floating):
-                    raise ValueError(f"parameter {name!r}: param must be a floating-point numpy array")
-                grad = np.asarray(grad)
-                if grad.dtype == np.bool_ or grad.dtype.kind not in "fiu":
-                    raise ValueError(f"parameter {name!r}: grad must be a real array, got dtype {grad.dtype}")
-                if not grad.flags.c_contiguous:
-                    grad = np.ascontiguousarray(grad)       # only read: a copy lets the kernels run
-            elif np.dtype(param.dtype).kind != "f":
-                raise ValueError(f"parameter {name!r}: param must be a floating-point array")
-            if tuple(grad.shape) != tuple(param.shape):
-                raise ValueError(f"parameter {name!r}: grad shape {tuple(grad.shape)} != "
-                                 f"param shape {tuple(param.shape)}")
-            bad = kern.count_nonfinite(grad)
-            if bad:
-                raise ValueError(f"parameter {name!r}: gradient has {bad} non-finite value(s) (NaN/inf)")
-            info = dict(info) if info is not None else {}
-            info["binary"] = bool(info.get("binary", False))
-            if info["binary"]:
-                info["lr_scale"] = check_real_scalar(info.get("lr_scale", 1.0),
-                                                     f"parameter {name!r}: lr_scale", lo=0.0)
-            for slot in self.slots:
-                arr = self.state[slot].get(name)
-                if arr is not None and tuple(arr.shape) != tuple(param.shape):
-                    raise ValueError(f"parameter {name!r}: optimizer state {slot!r} has shape "
-                                     f"{tuple(arr.shape)}, param has shape {tuple(param.shape)}")
-            out.append((name, param, grad, info))
+        # The gradients are counted after the loop, all of a kernel module's in one call
+        # (on the device: one synchronization per step, not one per parameter).
+        finite_due = []         # (name, kernel module, grad), in parameter order
+        try:
+            for item in items:
+                try:
+                    name, param, grad, info = item
+                except (TypeError, ValueError):
+                    raise ValueError("a parameter must be a (name, param, grad, info) tuple, "
+                                     f"got {type(item).__name__}") from None
+                name = str(name)
+                if name in seen:
+                    raise ValueError(f"duplicate parameter name {name!r}")
+                seen.add(name)
+                if grad is None:
+                    raise ValueError(f"parameter {name!r}: no gradient (grad is None); "
+                                     "run backward first")
+                kern = dispatch.twin(optim_cpu, param, grad)    # TypeError if host and device mix
+                if kern is optim_cpu:
+                    if not isinstance(param, np.ndarray) or not np.issubdtype(param.dtype, np.floating):
+                        raise ValueError(f"parameter {name!r}: param must be a floating-point "
+                                         "numpy array")
+                    grad = np.asarray(grad)
+                    if grad.dtype == np.bool_ or grad.dtype.kind not in "fiu":
+                        raise ValueError(f"parameter {name!r}: grad must be a real array, "
+                                         f"got dtype {grad.dtype}")
+                    if not grad.flags.c_contiguous:
+                        grad = np.ascontiguousarray(grad)       # only read: a copy lets the kernels run
+                elif np.dtype(param.dtype).kind != "f":
+                    raise ValueError(f"parameter {name!r}: param must be a floating-point array")
+                if tuple(grad.shape) != tuple(param.shape):
+                    raise ValueError(f"parameter {name!r}: grad shape {tuple(grad.shape)} != "
+                                     f"param shape {tuple(param.shape)}")
+                finite_due.append((name, kern, grad))
+                info = dict(info) if info is not None else {}
+                info["binary"] = bool(info.get("binary", False))
+                if info["binary"]:
+                    info["lr_scale"] = check_real_scalar(info.get("lr_scale", 1.0),
+                                                         f"parameter {name!r}: lr_scale", lo=0.0)
+                for slot in self.slots:
+                    arr = self.state[slot].get(name)
+                    if arr is not None and tuple(arr.shape) != tuple(param.shape):
+                        raise ValueError(f"parameter {name!r}: optimizer state {slot!r} has shape "
+                                         f"{tuple(arr.shape)}, param has shape {tuple(param.shape)}")
+                out.append((name, param, grad, info))
+        except Exception:
+            # an earlier parameter's non-finite gradient is still the error reported, as
+            # when each gradient was counted before the next parameter was looked at
+            err = self._nonfinite_gradient_error(finite_due)
+            if err is not None:
+                raise err from None
+            raise
+        err = self._nonfinite_gradient_error(finite_due)
+        if err is not None:
+            raise err
         return out
+
+    @staticmethod
+    def _nonfinite_gradient_error(checked):
+        """ValueError naming the first parameter, in order, of ``checked`` (``(name,
+        kernel module, grad)`` tuples) whose gradient has NaN/inf entries, or None; one
+        ``count_nonfinite_many`` call per kernel module."""
+        groups = {}
+        for i, (_, kern, _) in enumerate(checked):
+            groups.setdefault(kern, []).append(i)
+        bad = [0] * len(checked)
+        for kern, idx in groups.items():
+            for i, n in zip(idx, kern.count_nonfinite_many([checked[i][2] for i in idx])):
+                bad[i] = n
+        for (name, _, _), n in zip(checked, bad):
+            if n:
+                return ValueError(f"parameter {name!r}: gradient has {n} non-finite value(s) (NaN/inf)")
+        return None
 
     # -- the step ----------------------------------------------------------
     def step(self):

@@ -583,6 +583,85 @@ def test_optim_module_contract():
     assert OG.count_nonfinite(dev(g)) == OC.count_nonfinite(g) == 3
 
 
+def test_count_nonfinite_many_matches_the_cpu():
+    from minibnn.kernels import optim_cpu as OC
+    from minibnn.kernels import optim_cuda as OG
+    a = real(rng_for(9), (70, 9))
+    a.flat[[0, 100, 629]] = [np.nan, np.inf, -np.inf]
+    grads = [a, np.zeros(3, np.float32), np.full((2, 2), np.nan, np.float32),
+             np.zeros((0, 4), np.float32), a]
+    want = [3, 0, 4, 0, 3]
+    assert OG.count_nonfinite_many([dev(g) for g in grads]) == OC.count_nonfinite_many(grads) == want
+    assert OG.count_nonfinite_many([]) == []
+    ints = cuda.to_device(np.arange(4, dtype=np.int32))
+    assert OG.count_nonfinite_many([ints, dev(grads[2])]) == [0, 4]
+    strided = dev(np.zeros((4, 6)))[:, ::2]
+    with pytest.raises(ValueError, match=r"grads\[1\] must be C-contiguous"):
+        OG.count_nonfinite_many([dev(a), strided])
+
+
+def _stepped_pair(seed=10):
+    """(cpu model, device copy, their Adams) after one step from the same state, with the
+    gradients of a second batch in place."""
+    import copy
+
+    from minibnn import device, zoo
+    r = rng_for(seed)
+    x = r.uniform(-1, 1, (4, 12)).astype(np.float32)
+    y = r.integers(0, 10, 4)
+    cpu = zoo.mnist_mlp(hidden=8, depth=2, in_features=12, seed=0)
+    gpu = device.to_device(copy.deepcopy(cpu))
+    opts = optim.Adam(cpu, lr=0.01), optim.Adam(gpu, lr=0.01)
+    for i in range(2):
+        cpu.backward(losses.squared_hinge(cpu.forward(x), y)[1])
+        gpu.backward(LG.squared_hinge(gpu.forward(dev(x)), cuda.to_device(y.astype(np.int32)))[1])
+        if i == 0:
+            for opt in opts:
+                opt.step()          # the state slots exist from here on
+    return cpu, gpu, opts
+
+
+def test_optimizer_step_on_device_copies_to_the_host_once(monkeypatch):
+    # issue 13: the finite-gradient check of a step was one counter copy per parameter
+    # (one device synchronization each); now one copy for all, and nothing goes up
+    _, gpu, (_, opt) = _stepped_pair()
+    names = [n for n, _, _, _ in gpu.parameters()]
+    assert len(names) > 4
+    cls = type(dev(np.zeros(1)))
+    down, up = [], []
+    to_host, to_device = cls.copy_to_host, cuda.to_device
+    monkeypatch.setattr(cls, "copy_to_host",
+                        lambda self, *a, **k: down.append(self.shape) or to_host(self, *a, **k))
+    monkeypatch.setattr(cuda, "to_device", lambda *a, **k: up.append(1) or to_device(*a, **k))
+    opt.step()
+    assert down == [(len(names),)] and up == []
+    assert opt.t == 2
+
+
+def test_nonfinite_gradient_on_device_raises_like_the_cpu():
+    cpu, gpu, (opt_c, opt_g) = _stepped_pair(11)
+    for model in (cpu, gpu):
+        for k, (_, _, g, _) in enumerate(model.parameters()):
+            if k in (2, 4):                 # two bad gradients: the first one is named
+                bad = g.copy() if isinstance(g, np.ndarray) else g.copy_to_host()
+                bad.flat[:2] = [np.nan, np.inf] if k == 2 else [-np.inf, np.nan]
+                if isinstance(g, np.ndarray):
+                    g[...] = bad
+                else:
+                    g.copy_to_device(bad)
+    before = [host(p) for _, p, _, _ in gpu.parameters()]
+    errors = []
+    for opt in (opt_c, opt_g):
+        with pytest.raises(ValueError, match="gradient has 2 non-finite value") as info:
+            opt.step()
+        errors.append(str(info.value))
+    assert errors[0] == errors[1]
+    assert f"parameter '{list(gpu.parameters())[2][0]}'" in errors[1]
+    for (n, p, _, _), b in zip(gpu.parameters(), before):
+        exact(host(p), b, n)
+    assert opt_g.t == opt_c.t == 1
+
+
 # ---------------------------------------------------------------- device residency
 
 def test_dataset_gather_and_model_roundtrip():

@@ -560,6 +560,60 @@ def test_nonfinite_check_on_large_gradient():
         opt.step()
 
 
+def test_count_nonfinite_many_is_count_nonfinite_of_each():
+    from minibnn.kernels import optim_cpu
+    big = np.zeros(5000, np.float32)                   # > 4096: the parallel kernel
+    big[[3, 4999]] = [np.inf, np.nan]
+    small = np.array([[np.nan, 1.0], [-np.inf, 0.0]])
+    grads = [big, small, np.zeros(0, np.float32), np.arange(3), np.ones(4, np.float32)]
+    assert optim_cpu.count_nonfinite_many(grads) == [2, 2, 0, 0, 0]
+    assert optim_cpu.count_nonfinite_many(grads) == [optim_cpu.count_nonfinite(g) for g in grads]
+    assert optim_cpu.count_nonfinite_many([]) == []
+
+
+def test_gradients_are_counted_once_per_step(monkeypatch):
+    # issue 13: one count_nonfinite_many call per kernel module and step (on the device:
+    # one synchronization), no per-parameter count_nonfinite
+    from minibnn.kernels import optim_cpu
+    calls = []
+    one = optim_cpu.count_nonfinite
+    monkeypatch.setattr(optim_cpu, "count_nonfinite_many",
+                        lambda grads: calls.append(len(grads)) or [one(g) for g in grads])
+    monkeypatch.setattr(optim_cpu, "count_nonfinite", None)     # not called by the optimizer
+    model = two_param_model()
+    opt = optim.Adam(model, lr=0.1)
+    model.set_grads(**GRADS[0])
+    opt.step()
+    assert calls == [2]
+    model.set_grads(w=[0.1, np.nan, np.inf], b=[0.5, 0.5])
+    with pytest.raises(ValueError, match=r"^parameter 'w': gradient has 2 non-finite "
+                                         r"value\(s\) \(NaN/inf\)$"):
+        opt.step()
+    assert calls == [2, 2] and opt.t == 1
+
+
+@pytest.mark.parametrize("items,match", [
+    # the first offending parameter in parameter order, whichever error each has
+    ([("a", [0.0, 1.0], {}), ("b", [np.nan, 0.0], {}), ("c", [np.inf, np.inf], {})],
+     "'b': gradient has 1 non-finite"),
+    ([("a", [np.nan, 1.0], {}), ("b", [0.0, 0.0, 0.0], {})], "'a': gradient has 1 non-finite"),
+    ([("a", [0.0, 0.0, 0.0], {}), ("b", [np.nan, 0.0], {})], "'a': grad shape"),
+    # a gradient was counted before its lr_scale and the next parameter were looked at
+    ([("a", [np.nan, 1.0], {"binary": True, "lr_scale": -1.0})], "'a': gradient has 1"),
+    ([("a", [np.nan, 1.0], {}), ("a", [0.0, 0.0], {})], "'a': gradient has 1"),
+    ([("a", [0.0, 1.0], {"binary": True, "lr_scale": -1.0}), ("b", [np.nan, 0.0], {})],
+     "'a': lr_scale"),
+])
+def test_nonfinite_gradient_error_keeps_the_parameter_order(items, match):
+    # the counts are batched after the loop (issue 13); which error a bad step reports
+    # is the one the per-parameter check reported
+    params = [(n, np.zeros(2, np.float32), np.array(g, np.float32), info) for n, g, info in items]
+    opt = optim.Adam(None, lr=0.1)
+    with pytest.raises(ValueError, match=match):
+        opt.step_params(params)
+    assert opt.t == 0 and not opt.state["m"]
+
+
 # ---------------------------------------------------------------------------
 # readable rules and fused kernels (issue 12.3)
 # ---------------------------------------------------------------------------
@@ -623,7 +677,8 @@ def test_fused_kernels_have_the_readable_names():
         if name.endswith("_update"):
             assert hasattr(optim, name), name
     assert set(optim_cpu.__all__) >= {"adam_update", "adamax_update", "sgd_update", "fusable",
-                                      "count_nonfinite", "zeros_like", "to_host", "from_host"}
+                                      "count_nonfinite", "count_nonfinite_many", "zeros_like",
+                                      "to_host", "from_host"}
 
 
 @pytest.mark.parametrize("cls,rule", [("Adam", "adam_update"), ("AdaMax", "adamax_update"),

@@ -23,6 +23,9 @@ numba.cuda device arrays; the optimizer picks the module with
 
 * ``fusable(*arrays) -> bool`` -- True when the kernels can update these arrays in place;
 * ``count_nonfinite(g) -> int`` -- number of NaN/inf entries of a float array;
+* ``count_nonfinite_many(grads) -> list[int]`` -- ``count_nonfinite`` of each array of the
+  sequence ``grads``, in order: the optimizer checks a whole step's gradients with one call
+  per kernel module (on the device, one copy back for all of them);
 * ``zeros_like(a)``, ``to_host(a)`` (a NumPy copy), ``from_host(x)`` (a copy in this
   module's memory) -- state arrays;
 * ``adam_update``, ``adamax_update``, ``sgd_update``, ``shift_adamax_update`` -- the
@@ -45,8 +48,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["fusable", "count_nonfinite", "zeros_like", "to_host", "from_host",
-           "adam_update", "adamax_update", "sgd_update", "shift_adamax_update"]
+__all__ = ["fusable", "count_nonfinite", "count_nonfinite_many", "zeros_like", "to_host",
+           "from_host", "adam_update", "adamax_update", "sgd_update", "shift_adamax_update"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _SQRT_HALF = math.sqrt(0.5)         # the same float64 as np.sqrt(0.5) in minibnn.quantize.ap2
@@ -92,6 +95,15 @@ def count_nonfinite(g):
     if g.flags.c_contiguous and g.size > 4096:
         return int(_count_nonfinite_flat(g.reshape(-1)))
     return int(g.size - np.count_nonzero(np.isfinite(g)))
+
+
+def count_nonfinite_many(grads):
+    """``[count_nonfinite(g) for g in grads]`` (a list of ints, one per array, in order).
+
+    The contract's batched check: on the host a loop is as fast as anything; the device
+    twin counts every array into one counter array and copies it back once.
+    """
+    return [count_nonfinite(g) for g in grads]
 
 
 def zeros_like(a):

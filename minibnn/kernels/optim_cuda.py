@@ -3,9 +3,9 @@ numba.cuda device arrays.
 
 Same module contract, names and signatures as :mod:`minibnn.kernels.optim_cpu` (read it
 for the contract, and :mod:`minibnn.optim` for the readable rules): ``fusable``,
-``count_nonfinite``, ``zeros_like``, ``to_host``, ``from_host``, ``adam_update``,
-``adamax_update``, ``sgd_update``.  The optimizer picks this module with
-``dispatch.twin(optim_cpu, param, grad)`` when its parameters live on the device, so
+``count_nonfinite``, ``count_nonfinite_many``, ``zeros_like``, ``to_host``, ``from_host``,
+``adam_update``, ``adamax_update``, ``sgd_update``, ``shift_adamax_update``.  The
+optimizer picks this module with ``dispatch.twin(optim_cpu, param, grad)`` when its parameters live on the device, so
 latent clipping (``clip``) and the per-layer learning-rate scale (folded into ``lr`` by
 the optimizer) work unchanged.
 
@@ -14,6 +14,10 @@ float64 registers like the CPU kernels (the update is memory-bound, so the float
 arithmetic costs nothing measurable), rounded once to float32 on store: the device and
 CPU kernels agree to float32 rounding (the tests use ``rtol 1e-5``; the last bit can
 differ where a device ``sqrt``/division rounds differently from libm's).
+
+Finite-gradient check: :func:`count_nonfinite_many` counts the NaN/inf entries of all the
+gradients of an optimizer step into one int32 array (a slot per gradient) and copies it
+back once: one device synchronization per step instead of one per parameter.
 
 Flip count: each update takes an optional ``flips`` counter (a 1-element int32 device
 array from :func:`new_counter`); when given, the kernel adds the number of elements
@@ -40,9 +44,9 @@ cuda = kc.cuda
 if cuda is not None:
     from numba import float32, float64
 
-__all__ = ["check_available", "fusable", "count_nonfinite", "zeros_like", "to_host",
-           "from_host", "adam_update", "adamax_update", "sgd_update", "shift_adamax_update",
-           "bop_update", "set_signs", "new_counter", "read_counter"]
+__all__ = ["check_available", "fusable", "count_nonfinite", "count_nonfinite_many",
+           "zeros_like", "to_host", "from_host", "adam_update", "adamax_update", "sgd_update",
+           "shift_adamax_update", "bop_update", "set_signs", "new_counter", "read_counter"]
 
 
 def check_available():
@@ -71,15 +75,35 @@ def fusable(*arrays):
 
 
 def count_nonfinite(g):
-    """Number of NaN/+-inf entries of the float32 device array ``g`` (one sync)."""
-    if np.dtype(g.dtype).kind != "f":
-        return 0
-    counts = kf.zeros_flag(2)
-    if g.size:
-        if not g.is_c_contiguous():
-            raise ValueError("count_nonfinite: g must be C-contiguous")
-        kf.launch_elem(kf.nonfinite_kernel, g.size, kf.flat(g), counts)
-    return int(counts.copy_to_host().sum())
+    """Number of NaN/+-inf entries of the float device array ``g`` (0 for a non-float
+    array; one sync)."""
+    return count_nonfinite_many([g])[0]
+
+
+def count_nonfinite_many(grads):
+    """Number of NaN/+-inf entries of each device array of the sequence ``grads``: a list
+    of ints, in order (0 for a non-float or empty array).
+
+    One device synchronization for all of them: an int32 counter slot per array, zeroed
+    by a kernel (a host->device copy of zeros would synchronize too), one launch per
+    array adding into its own slot, then one ``copy_to_host``.  Float arrays must be
+    C-contiguous (checked for all before anything is launched).
+    """
+    grads = list(grads)
+    todo = []
+    for i, g in enumerate(grads):
+        if np.dtype(g.dtype).kind == "f" and g.size:
+            if not g.is_c_contiguous():
+                raise ValueError(f"count_nonfinite_many: grads[{i}] must be C-contiguous "
+                                 f"(shape {tuple(g.shape)})")
+            todo.append(i)
+    if not todo:
+        return [0] * len(grads)
+    counts = cuda.device_array(len(grads), dtype=np.int32)
+    kf.launch_elem(_zero_counts_kernel, counts.size, counts)
+    for i in todo:
+        kf.launch_elem(_nonfinite_into_kernel, grads[i].size, kf.flat(grads[i]), counts, i)
+    return [int(c) for c in counts.copy_to_host()]
 
 
 def zeros_like(a):
@@ -132,6 +156,23 @@ if cuda is not None:
     def _fill_kernel(x, value):
         for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
             x[i] = value
+
+    @cuda.jit
+    def _zero_counts_kernel(counts):
+        for i in range(cuda.grid(1), counts.size, cuda.gridsize(1)):
+            counts[i] = 0
+
+    @cuda.jit
+    def _nonfinite_into_kernel(x, counts, slot):
+        """counts[slot] += number of NaN/+-inf entries of the 1-D float array x."""
+        n = 0
+        for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+            v = x[i]
+            if v != v or v == math.inf or v == -math.inf:
+                n += 1
+        if n:
+            # one atomic per thread that saw any (none in the usual all-finite case)
+            cuda.atomic.add(counts, slot, n)
 
     @cuda.jit(device=True)
     def _finish(pf, i, w, old, clip, flips, count):
