@@ -307,7 +307,8 @@ class Layer:
         first layers of a model: nothing is below them): the layer then returns None and
         computes only its parameter gradients -- nothing at all if it has no parameters,
         and no input-gradient product in a dense or convolution layer (one of a layer's
-        two backward GEMMs).  The parameter gradients are the same either way.
+        two backward GEMMs).  The parameter gradients are the same either way, to float
+        rounding where the op then takes a cheaper route.
         """
         if self._cache is _NO_FORWARD:
             raise RuntimeError(f"{self!r}: backward() called before forward()")

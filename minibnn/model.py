@@ -116,7 +116,8 @@ class Sequential:
         ``input_grad=False`` (what training does) returns None and skips the work only
         the input's gradient needs: the layers below the first one with parameters, and
         that layer's input-gradient product (see :meth:`minibnn.layers.Layer.backward`).
-        Every ``grads`` array is the same either way.
+        Every ``grads`` array is the same either way, to float rounding (a first
+        convolution then takes its weight gradient from the forward's im2col).
         """
         first = next((i for i, layer in enumerate(self.layers) if layer.params),
                      len(self.layers))
