@@ -36,8 +36,11 @@ spinning threads contend with OpenBLAS's -- a minibnn step timed in the same pro
 step cannot avoid, measured in the same process: the two backward GEMMs of every binary
 dense layer at this machine's BLAS rate plus the optimizer's memory traffic (parameters,
 gradients and two moments read and written, 28 bytes a parameter) at the measured copy
-bandwidth.  ``--peak-memory`` also reports each engine's peak RSS training the MLP
-(separate child processes).  Without PyTorch the mode says so and skips.
+bandwidth.  On a CPU with AVX512-BF16 the MLP rows also time minibnn with
+``--grad-dtype bfloat16`` (the bf16 columns; ``--no-bf16`` leaves them out).  The step
+is ``model.backward(g, input_grad=False)``, as ``minibnn train`` runs it (PyTorch's
+input needs no gradient either).  ``--peak-memory`` also reports each engine's peak RSS
+training the MLP (separate child processes).  Without PyTorch the mode says so and skips.
 """
 
 import argparse
@@ -220,13 +223,14 @@ def _median_step(step, batches, steps, warmup=3):
     return times[len(times) // 2]
 
 
-def minibnn_step_time(kind, hidden, steps, batch_size, seed=0):
+def minibnn_step_time(kind, hidden, steps, batch_size, seed=0, grad_dtype="float32"):
     if kind == "mlp":
         model = zoo.build("mnist_mlp", hidden=hidden, depth=3, backend="cpu", seed=seed)
         shape = (batch_size, 1, 28, 28)
     else:
         model = zoo.build(kind, backend="cpu", seed=seed)
         shape = (batch_size, 3, 32, 32)
+    model.set_grad_dtype(grad_dtype)
     opt = optim.Adam(model, lr=1e-3)
     rng = np.random.default_rng(seed)
     batches = [(rng.uniform(-1, 1, size=shape).astype(np.float32),
@@ -317,7 +321,9 @@ def _step_child(engine, kind, hidden, steps, batch_size):
     threads = _threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     res = {}
-    if engine == "minibnn":
+    if engine == "minibnn-bf16":
+        res["step_s"] = minibnn_step_time(kind, hidden, steps, batch_size, grad_dtype="bfloat16")
+    elif engine == "minibnn":
         res["step_s"] = minibnn_step_time(kind, hidden, steps, batch_size)
         if kind == "mlp":
             settle()
@@ -345,8 +351,13 @@ def main_vs_torch(args):
     print("BLAS:", json.dumps(info["blas"]))
     rows = []
     nets = [("mlp", h) for h in args.hidden] + [(a, None) for a in args.convnets]
+    from minibnn.kernels import bf16
+    with_bf16 = args.bf16 and bf16.available()
+    if args.bf16 and not with_bf16:
+        print("--grad-dtype bfloat16 rows skipped: this CPU has no AVX512-BF16 kernel")
     header = (f"{'network':<22} {'minibnn ms':>10} {'torch ms':>9} {'minibnn vs torch':>17} "
-              f"{'floor ms':>9} {'vs floor':>9}")
+              f"{'floor ms':>9} {'vs floor':>9}"
+              + (f" {'bf16 ms':>8} {'bf16 vs torch':>14}" if with_bf16 else ""))
     for kind, h in nets:
         bs = 100 if kind == "mlp" else 50
         steps = args.steps if kind == "mlp" else max(5, args.steps // 3)
@@ -372,6 +383,11 @@ def main_vs_torch(args):
                        copy_bandwidth_gbs=ours["copy_bandwidth_gbs"],
                        vs_floor=ours["step_s"] / ours["floor_s"])
             fl = f"{ours['floor_s'] * 1e3:9.1f} {row['vs_floor']:8.2f}x"
+            if with_bf16:
+                half = _child_json(["--_step-child", "minibnn-bf16", *common])
+                row.update(minibnn_bf16_s=half["step_s"],
+                           speedup_bf16=theirs["step_s"] / half["step_s"])
+                fl += f" {half['step_s'] * 1e3:8.1f} {row['speedup_bf16']:13.2f}x"
         rows.append(row)
         print(f"{row['network']:<22} {row['minibnn_s'] * 1e3:10.1f} {row['torch_s'] * 1e3:9.1f} "
               f"{row['speedup']:16.2f}x {fl}", flush=True)
@@ -397,6 +413,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30, help="--vs-torch: timed steps per MLP row")
     ap.add_argument("--convnets", nargs="*", default=["svhn_convnet", "cifar10_convnet"],
                     choices=["svhn_convnet", "cifar10_convnet"])
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="--vs-torch: leave out the MLP rows with --grad-dtype bfloat16")
     ap.add_argument("--peak-memory", type=int, nargs="*", default=None, metavar="H",
                     help="--vs-torch: also peak RSS training MLP 3xH (child processes)")
     ap.add_argument("--_peak-child", nargs=3, help=argparse.SUPPRESS)

@@ -148,6 +148,10 @@ def _add_train(sub):
         g.add_argument("--stochastic-weights", action="store_true",
                        help="binarize the weights stochastically in training (the paper's "
                             "stochastic binarization)")
+    g.add_argument("--grad-dtype", choices=list(registry.grad_dtypes()),
+                   help=f"precision of the binary dense layers' backward products: float32, or "
+                        f"bfloat16 (the upstream gradient rounded to 8 bits, float32 sums; "
+                        f"AVX512-BF16 CPUs, cpu backends) (default {d.grad_dtype})")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.npz with the settings stored there (giving "

@@ -232,10 +232,11 @@ class DeviceLoop:
     the same device random streams.
     """
 
-    #: run settings whose ops have no device twin yet: setting -> (value, why); empty
-    #: now that shift BN (functional_cuda) and Bop (kernels.optim_cuda.bop_update and
-    #: set_signs) have theirs -- the mechanism stays for the next op without one
-    UNSUPPORTED = {}
+    #: run settings whose ops have no device twin: setting -> (value, why); shift BN
+    #: (functional_cuda) and Bop (kernels.optim_cuda.bop_update and set_signs) have
+    #: theirs, the bfloat16 backward GEMM (a CPU kernel) has none
+    UNSUPPORTED = {"grad_dtype": ("bfloat16", "the bfloat16 backward GEMM is a CPU kernel "
+                                            "(kernels/bf16.py); use grad_dtype 'float32'")}
 
     @classmethod
     def check(cls, config):

@@ -42,7 +42,7 @@ References: Hubara et al., "Binarized Neural Networks", NIPS 2016: Sec. 1.1-1.3
 import numpy as np
 
 from . import checks, kernels
-from .kernels import conv_train, norm_cpu, pool, reference, unfold
+from .kernels import bf16, conv_train, norm_cpu, pool, reference, unfold
 from .kernels.backend import BACKENDS, resolve_name
 from .quantize import (ap2, sign, ste_mask, ste_sign_backward, ste_sign_forward,
                        stochastic_sign)
@@ -313,18 +313,48 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     return out, cache
 
 
-def binary_dense_backward(dout, cache, need_dx=True, dw_out=None):
+#: the backward's product precisions: float32 (the default), or bfloat16 -- see
+#: :func:`binary_dense_backward`
+GRAD_DTYPES = ("float32", "bfloat16")
+
+
+def check_grad_dtype(grad_dtype):
+    """``grad_dtype`` if it is one of :data:`GRAD_DTYPES`, else ``ValueError`` naming it."""
+    return checks.check_choice(grad_dtype, "grad_dtype", GRAD_DTYPES)
+
+
+def binary_dense_backward(dout, cache, need_dx=True, dw_out=None, grad_dtype="float32"):
     """Gradients of :func:`binary_dense_forward`.
 
     Rule: ``dx = dout @ sign(w).T`` (exact), ``dw = x.T @ dout`` (the gradient w.r.t.
     sign(w), passed straight through to the latent w), ``db = sum_n dout``.
 
+    ``grad_dtype="bfloat16"``: the two products take ``round_bf16(dout)`` (the upstream
+    gradient to 8 significant bits, :func:`minibnn.kernels.bf16.round_bf16`) and
+    accumulate in float32 -- ``dx = bf16(dout) @ sign(w).T``, and, when x is +-1 (a
+    hidden layer on the packed path), ``dw = x.T @ bf16(dout)``.  The +-1 operands are
+    exact in bfloat16, so the gradient's rounding is the only change; a real-valued x
+    (the first layer) keeps the float32 ``dw``.  On AVX512-BF16 CPUs this runs
+    :func:`minibnn.kernels.bf16.matmul` (``vdpbf16ps``, 2-3.7x NumPy's float32 GEMM on
+    the MLP's shapes); elsewhere the same definition in NumPy.  It applies to float32
+    arrays; float64 ones (gradient checks) take the float64 products.
+
     dout : (N, F).  Returns ``dx (N, K)`` (None when ``need_dx`` is False), ``dw (K, F)``
     (written into ``dw_out`` when :func:`into` accepts it), ``db (F,)`` or None.
 
-    References: Hubara et al. 2016, Sec. 1.3, Alg. 1.
+    References: Hubara et al. 2016, Sec. 1.3, Alg. 1; Kalamkar et al., "A Study of
+    BFLOAT16 for Deep Learning Training", 2019 (bfloat16 gradients, float32 sums).
     """
     x, wb = cache["x"], cache["w_b"]
+    if (check_grad_dtype(grad_dtype) == "bfloat16"
+            and dout.dtype == wb.dtype == x.dtype == np.float32):
+        dx = bf16.matmul(dout, wb.T) if need_dx else None
+        if "prepared" in cache:          # x was +-1: exact in bfloat16
+            dw = bf16.matmul(x.T, dout, out=into(dw_out, wb.shape, np.float32))
+        else:
+            dw = matmul_into(x.T, dout, dw_out)
+        db = dout.sum(axis=0) if cache["has_bias"] else None
+        return dx, dw, db
     dx = dout @ wb.T if need_dx else None
     dw = matmul_into(x.T, dout, dw_out)
     db = dout.sum(axis=0) if cache["has_bias"] else None

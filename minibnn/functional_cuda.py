@@ -49,8 +49,8 @@ Sec. 3 (XNOR kernels); Ioffe & Szegedy 2015 (batch normalization).
 
 import numpy as np
 
-from .functional import (MODES, PRODUCT_BACKENDS, check_mode, check_pool, check_unfold,
-                         product_backend)
+from .functional import (MODES, PRODUCT_BACKENDS, check_grad_dtype, check_mode, check_pool,
+                         check_unfold, product_backend)
 from .kernels import PreparedWeights, conv_output_size, n_words
 from .kernels import cuda as kc
 from .kernels import cuda_float as kf
@@ -342,10 +342,14 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     return out, cache
 
 
-def binary_dense_backward(dout, cache, need_dx=True, dw_out=None):
+def binary_dense_backward(dout, cache, need_dx=True, dw_out=None, grad_dtype="float32"):
     """Twin of :func:`minibnn.functional.binary_dense_backward`: ``dx = dout @ sign(w).T``
     (None unless ``need_dx``), ``dw = x.T @ dout`` (straight through to the latent w;
-    into ``dw_out`` when it fits), ``db = sum_n dout``."""
+    into ``dw_out`` when it fits), ``db = sum_n dout``.  Float32 products only:
+    ``grad_dtype="bfloat16"`` (a CPU kernel) raises ``ValueError``."""
+    if check_grad_dtype(grad_dtype) != "float32":
+        raise ValueError(f"binary_dense_backward: grad_dtype {grad_dtype!r} has no device "
+                         "twin (the bfloat16 GEMM is a CPU kernel); use 'float32' on cuda")
     x, wb = cache["x"], cache["w_b"]
     _dev(dout, "dout", 2, "binary_dense_backward")
     if dout.shape != (x.shape[0], wb.shape[1]):

@@ -347,9 +347,14 @@ class _ProductLayer(Layer):
     _backward_op = None
     _skips_input_grad = True
 
+    def _backward_options(self):
+        """Extra keyword arguments of the backward op (BinaryDense: ``grad_dtype``)."""
+        return {}
+
     def _backward(self, grad_out, cache, input_grad=True):
         op = getattr(_ops(grad_out), self._backward_op)
-        dx, dw, db = op(grad_out, cache, need_dx=input_grad, dw_out=self.grads.get("w"))
+        dx, dw, db = op(grad_out, cache, need_dx=input_grad, dw_out=self.grads.get("w"),
+                        **self._backward_options())
         self._store_grad("w", dw)
         if db is not None:
             self._store_grad("b", db)
@@ -443,12 +448,20 @@ class BinaryDense(_BinaryWeights, _DenseBase):
     params: ``w`` (K, F) float32, ``{"binary": True, "lr_scale":
     glorot_lr_scale(K, F)}``; ``b`` (F,) float32 if ``bias``.
     ``prepared``: the packed weights of the last forward (None on the float path).
+    ``grad_dtype``: the backward products' precision, "float32" (default) or "bfloat16"
+    (:func:`minibnn.functional.binary_dense_backward`); a training setting, not part of
+    the architecture (set it with :meth:`minibnn.model.Sequential.set_grad_dtype`).
 
     References: Hubara et al. 2016, Sec. 1.1 (Eq. 1-2), 1.3, Alg. 1.
     """
 
     uses_rng = True
     _backward_op = "binary_dense_backward"
+    grad_dtype = "float32"
+
+    def _backward_options(self):
+        # only when set: the float32 call is the plain one every twin takes
+        return {} if self.grad_dtype == "float32" else {"grad_dtype": self.grad_dtype}
 
     def __init__(self, in_features, out_features, binary_input=True, bias=False, backend=None,
                  H=1.0, stochastic_weights=False, rng=None):

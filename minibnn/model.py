@@ -127,6 +127,17 @@ class Sequential:
             grad = self.layers[i].backward(grad, input_grad=input_grad or i > first)
         return grad if input_grad else None
 
+    def set_grad_dtype(self, grad_dtype):
+        """Set the backward products' precision of every layer that has one (the
+        BinaryDense layers): "float32" (default) or "bfloat16" (see
+        :func:`minibnn.functional.binary_dense_backward`).  Returns self; ``ValueError``
+        for another name, nothing changed."""
+        grad_dtype = functional.check_grad_dtype(grad_dtype)
+        for layer in self.layers:
+            if hasattr(layer, "grad_dtype"):
+                layer.grad_dtype = grad_dtype
+        return self
+
     def train(self, mode=True):
         """Set training mode (batch statistics, dropout, stochastic sign); returns self."""
         self.training = bool(mode)

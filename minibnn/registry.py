@@ -14,7 +14,7 @@ optimizer) and returns the object.
 import importlib
 import inspect
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "LOSSES", "BN_KINDS", "DEFAULT_ARCH", "architectures",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "LOSSES", "BN_KINDS", "grad_dtypes", "DEFAULT_ARCH", "architectures",
            "backends", "datasets", "fetchable", "input_shape", "NPZ_PREFIX", "default_arch",
            "make_optimizer", "make_schedule", "make_loss", "make_model", "accepts"]
 
@@ -79,6 +79,11 @@ LOSSES = {"squared_hinge": _squared_hinge, "cross_entropy": _cross_entropy}
 
 #: batch-norm kinds of the zoo builders
 BN_KINDS = ("standard", "shift")
+
+
+def grad_dtypes():
+    """The backward products' precisions (``minibnn.functional.GRAD_DTYPES``)."""
+    return _mod("functional").GRAD_DTYPES
 
 
 # -- architectures, datasets, backends: the names their owners publish ---------
@@ -184,4 +189,4 @@ def make_model(config, input_shape, n_classes=10):
             raise ValueError(f"stochastic_weights: architecture {arch!r} does not support "
                              "stochastic weight binarization in this minibnn")
         kw["stochastic_weights"] = True
-    return builder(**kw)
+    return builder(**kw).set_grad_dtype(config.grad_dtype)

@@ -78,6 +78,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     schedule_epochs: Optional[int] = None  # the LR schedule's horizon (default: epochs)
     stochastic_weights: bool = False    # stochastic binarization of the weights
+    grad_dtype: str = "float32"         # registry.grad_dtypes(): the backward products
 
     #: settings a resume may change: where the data and the kernels are, not what is trained
     RESUME_MAY_CHANGE = ("data_dir", "backend")
@@ -124,6 +125,7 @@ class TrainConfig:
             check_int(self.schedule_epochs, "schedule_epochs", minimum=1)
         if not isinstance(self.stochastic_weights, bool):
             raise TypeError(f"stochastic_weights must be True or False, got {self.stochastic_weights!r}")
+        check_choice(self.grad_dtype, "grad_dtype", registry.grad_dtypes())
         return self
 
     def to_dict(self):
@@ -345,7 +347,16 @@ class HostLoop:
 
     @classmethod
     def check(cls, config):
-        """Every valid config trains on the host."""
+        """Every valid config trains on the host, ``grad_dtype="bfloat16"`` only on a CPU
+        whose AVX512-BF16 kernel runs (:func:`minibnn.kernels.bf16.available`):
+        :class:`minibnn.kernels.BackendUnavailable` otherwise (its NumPy definition would
+        train, but slower than float32 -- not what the setting is for)."""
+        if config.grad_dtype == "bfloat16":
+            from .kernels import BackendUnavailable, bf16
+            if not bf16.available():
+                raise BackendUnavailable(
+                    "grad_dtype 'bfloat16' needs a CPU with AVX512-BF16 (vdpbf16ps) that "
+                    "Numba compiles for; this one has none: use grad_dtype 'float32'")
 
     def new_tracker(self):
         return stats.EpochStats(self.s.model)

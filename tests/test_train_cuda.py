@@ -334,3 +334,15 @@ def test_device_backward_options_match_host(op):
     wrong = cuda.to_device(np.zeros((1,) + w.shape, np.float32))   # not dw's shape: ignored
     _, dw3, _ = getattr(G, bwd)(dd, dc, dw_out=wrong)
     assert dw3 is not wrong and not wrong.copy_to_host().any()
+
+
+def test_cuda_refuses_bfloat16_gradients():
+    """The bfloat16 backward GEMM is a CPU kernel: the device loop refuses the setting at
+    selection, naming it, and the device op refuses it too."""
+    from minibnn import functional_cuda as G
+    from minibnn.device import DeviceLoop
+    from minibnn.kernels import BackendUnavailable
+    with pytest.raises(BackendUnavailable, match="grad_dtype 'bfloat16'"):
+        DeviceLoop.check(TrainConfig(dataset="sample", backend="cuda", grad_dtype="bfloat16"))
+    with pytest.raises(ValueError, match="grad_dtype"):
+        G.binary_dense_backward(None, {}, grad_dtype="bfloat16")

@@ -197,3 +197,19 @@ def bitplane_gemm(planes, b_words, k, out=None):
         return res
     out[...] = res
     return out
+
+
+# ---------------------------------------------------------------------------
+# bfloat16 GEMM of the training backward
+# ---------------------------------------------------------------------------
+
+def matmul_bf16(a, b):
+    """(M, K) float32, (K, N) float32 -> (M, N) float32: the product of the operands
+    rounded to bfloat16, computed in float64 and cast to float32 once at the end.
+    Twin of :func:`minibnn.kernels.bf16.matmul` (whose float32 accumulation may differ
+    by the rounding of K additions); the rounding rule is
+    :func:`minibnn.kernels.bf16.round_bf16`."""
+    from .bf16 import round_bf16  # the one home of the bfloat16 rounding rule
+    ra = round_bf16(np.asarray(a, dtype=np.float32)).astype(np.float64)
+    rb = round_bf16(np.asarray(b, dtype=np.float32)).astype(np.float64)
+    return (ra @ rb).astype(np.float32)

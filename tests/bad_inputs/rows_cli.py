@@ -130,6 +130,10 @@ ROWS = [
     CliCase("cli-train-arch-unknown", _train("--arch", "resnet"), ["--arch", "resnet"]),
     CliCase("cli-train-bn-unknown", _train("--bn", "group"), ["--bn", "group"]),
     CliCase("cli-train-backend-unknown", _train("--backend", "tpu"), ["--backend", "tpu"]),
+    CliCase("cli-train-grad-dtype-unknown", _train("--grad-dtype", "float16"),
+            ["--grad-dtype", "float16", "bfloat16"]),
+    CliCase("cli-train-grad-dtype-bfloat16-on-cuda",
+            _train("--grad-dtype", "bfloat16", "--backend", "cuda"), ["cuda"]),
     # -- train: the run directory and resume
     CliCase("cli-train-out-missing", TRAIN, ["--out", "required"]),
     CliCase("cli-train-out-is-file", _out_is_file, ["run directory", "afile", "not a directory"]),
