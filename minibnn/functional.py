@@ -346,17 +346,15 @@ def binary_dense_backward(dout, cache, need_dx=True, dw_out=None, grad_dtype="fl
     BFLOAT16 for Deep Learning Training", 2019 (bfloat16 gradients, float32 sums).
     """
     x, wb = cache["x"], cache["w_b"]
-    if (check_grad_dtype(grad_dtype) == "bfloat16"
-            and dout.dtype == wb.dtype == x.dtype == np.float32):
-        dx = bf16.matmul(dout, wb.T) if need_dx else None
-        if "prepared" in cache:          # x was +-1: exact in bfloat16
-            dw = bf16.matmul(x.T, dout, out=into(dw_out, wb.shape, np.float32))
-        else:
-            dw = matmul_into(x.T, dout, dw_out)
-        db = dout.sum(axis=0) if cache["has_bias"] else None
-        return dx, dw, db
-    dx = dout @ wb.T if need_dx else None
-    dw = matmul_into(x.T, dout, dw_out)
+    half = (check_grad_dtype(grad_dtype) == "bfloat16"
+            and dout.dtype == wb.dtype == x.dtype == np.float32)
+    dx = None
+    if need_dx:
+        dx = bf16.matmul(dout, wb.T) if half else dout @ wb.T
+    if half and "prepared" in cache:     # x was +-1: exact in bfloat16
+        dw = bf16.matmul(x.T, dout, out=into(dw_out, wb.shape, np.float32))
+    else:
+        dw = matmul_into(x.T, dout, dw_out)
     db = dout.sum(axis=0) if cache["has_bias"] else None
     return dx, dw, db
 
