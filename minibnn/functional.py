@@ -130,6 +130,25 @@ def _is_pm1(x):
     return bool(np.all((x == 1) | (x == -1)))
 
 
+def _dropped_pm1(x):
+    """True if x is +-1 after inverted dropout: every entry 0 or +-c for one c > 0 that
+    bfloat16 holds exactly (``1 / (1 - p)`` for p = 0.5 or 0.2: 2 and 1.25), float32.
+
+    Such an x is exact in bfloat16, and ``x @ sign(w)`` is exact in float32: every
+    partial sum is c (8 significant bits) times an integer below K < 2**16.  The
+    bfloat16 kernel (:func:`minibnn.kernels.bf16.matmul`) then gives the float BLAS
+    product bit for bit, 2-3x faster -- the training-time forward of a hidden layer
+    behind a Dropout, which has no packed form.
+    """
+    if x.dtype != np.float32 or x.size == 0 or x.shape[1] >= 1 << 16:
+        return False
+    a = np.abs(x)
+    c = a.max()
+    if not (np.isfinite(c) and c > 0 and bf16.round_bf16(np.float32(c)) == c):
+        return False
+    return bool(np.all((a == c) | (a == 0)))
+
+
 conv_output_size = kernels.conv_output_size   # (size + 2 * padding - kernel) // stride + 1
 
 
@@ -253,7 +272,9 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     Parameters
     ----------
     x : (N, K) float32/64; the packed path runs when ``binary_input``, the backend is a
-        kernel one and x is all +-1 (else float BLAS, same result; see :func:`_is_pm1`).
+        kernel one and x is all +-1 (else float BLAS, same result; see :func:`_is_pm1`;
+        a float32 +-1 after Dropout takes the exact bfloat16 kernel, see
+        :func:`_dropped_pm1`).
     w : (K, F) float, latent real weights.
     b : (F,) float or None.
     binary_input : bool, True for hidden layers (packed path allowed).
@@ -268,8 +289,10 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
     Returns
     -------
     out : (N, F) float, x's float dtype (at least float32).
-    cache : dict with ``x``, ``w_b`` (K, F) float32 +-1, ``has_bias`` and, on the packed
-        path, ``prepared`` (the weights actually used, for reuse).
+    cache : dict with ``x``, ``w_b`` (K, F) float32 +-1, ``has_bias``,
+        ``x_bf16_exact`` (x is +-1, or +-1 after dropout: see
+        :func:`binary_dense_backward`) and, on the packed path, ``prepared`` (the
+        weights actually used, for reuse).
 
     Raises ``ValueError`` for mismatched shapes, NaN in w or an unknown backend.
 
@@ -295,7 +318,7 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
         prepared = kernels.prepare_weights(w_words, K, backend=kernel)
     else:
         wb = _binarize_weights(w, stochastic_rng)
-    cache = {"x": x, "w_b": wb, "has_bias": b is not None}
+    cache = {"x": x, "w_b": wb, "has_bias": b is not None, "x_bf16_exact": packed_path}
     if packed_path:
         if prepared.k != K or prepared.n != F:
             raise ValueError(f"binary_dense_forward: prepared weights are for (K={prepared.k}, "
@@ -306,6 +329,12 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
             acc = kernels.xnor_gemm(kernels.pack(x), prepared, K, backend=kernel)
             out = acc.astype(dtype)
         cache["prepared"] = prepared
+    elif (binary_input and kernel is not None and wb.dtype == np.float32 and _dropped_pm1(x)
+          and bf16.available()):
+        # dropout between the sign and this layer: no bits to pack, but the same
+        # product exactly, on the bfloat16 kernel (see _dropped_pm1)
+        out = bf16.matmul(x, wb)
+        cache["x_bf16_exact"] = True
     else:
         out = (x @ wb).astype(dtype, copy=False)
     if b is not None:
@@ -331,10 +360,11 @@ def binary_dense_backward(dout, cache, need_dx=True, dw_out=None, grad_dtype="fl
 
     ``grad_dtype="bfloat16"``: the two products take ``round_bf16(dout)`` (the upstream
     gradient to 8 significant bits, :func:`minibnn.kernels.bf16.round_bf16`) and
-    accumulate in float32 -- ``dx = bf16(dout) @ sign(w).T``, and, when x is +-1 (a
-    hidden layer on the packed path), ``dw = x.T @ bf16(dout)``.  The +-1 operands are
-    exact in bfloat16, so the gradient's rounding is the only change; a real-valued x
-    (the first layer) keeps the float32 ``dw``.  On AVX512-BF16 CPUs this runs
+    accumulate in float32 -- ``dx = bf16(dout) @ sign(w).T``, and, when x is exact in
+    bfloat16 (``cache["x_bf16_exact"]``: a hidden layer's +-1 input, also after a
+    Dropout with 1/(1-p) exact in bfloat16), ``dw = x.T @ bf16(dout)``.  Those operands
+    are exact in bfloat16, so the gradient's rounding is the only change; a real-valued
+    x (the first layer) keeps the float32 ``dw``.  On AVX512-BF16 CPUs this runs
     :func:`minibnn.kernels.bf16.matmul` (``vdpbf16ps``, 2-3.7x NumPy's float32 GEMM on
     the MLP's shapes); elsewhere the same definition in NumPy.  It applies to float32
     arrays; float64 ones (gradient checks) take the float64 products.
@@ -351,7 +381,7 @@ def binary_dense_backward(dout, cache, need_dx=True, dw_out=None, grad_dtype="fl
     dx = None
     if need_dx:
         dx = bf16.matmul(dout, wb.T) if half else dout @ wb.T
-    if half and "prepared" in cache:     # x was +-1: exact in bfloat16
+    if half and cache.get("x_bf16_exact"):   # x was +-1 (or dropped +-1): exact in bf16
         dw = bf16.matmul(x.T, dout, out=into(dw_out, wb.shape, np.float32))
     else:
         dw = matmul_into(x.T, dout, dw_out)

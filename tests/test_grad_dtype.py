@@ -58,6 +58,59 @@ def test_first_layer_keeps_float32_weight_gradient():
     _close(dx, reference.matmul_bf16(d, cache["w_b"].T))
 
 
+def _dropped(x, p, seed=0):
+    """x after inverted dropout with drop probability p (float32)."""
+    keep = np.random.default_rng(seed).random(x.shape) >= p
+    return (x * keep / np.float32(1 - p)).astype(np.float32)
+
+
+def test_dropped_pm1_is_recognised_only_when_exact_in_bfloat16():
+    x = _pm1((7, 131))
+    assert F._dropped_pm1(_dropped(x, 0.5))                   # scale 2
+    assert F._dropped_pm1(_dropped(x, 0.2))                   # scale 1.25: 8 bits suffice
+    assert not F._dropped_pm1(_dropped(x, 0.3))               # 1/0.7 is not a bfloat16
+    assert not F._dropped_pm1(x.astype(np.float64) * 2)       # float64: the float product
+    assert not F._dropped_pm1(np.zeros((3, 4), np.float32))   # no scale to find
+    assert not F._dropped_pm1(np.zeros((0, 4), np.float32))
+    two_scales = _dropped(x, 0.5)
+    two_scales[0, 0] = 1.0
+    assert not F._dropped_pm1(two_scales)
+    for bad in (np.nan, np.inf):
+        y = _dropped(x, 0.5)
+        y[1, 2] = bad
+        assert not F._dropped_pm1(y)
+    assert not F._dropped_pm1(RNG.uniform(-1, 1, (4, 9)).astype(np.float32))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.2])
+@pytest.mark.parametrize("fallback", [False, True])
+def test_hidden_layer_behind_dropout(p, fallback):
+    # a +-1 input after dropout has no packed form; its forward is the float product
+    # bit for bit (exact either way) and, with bfloat16 gradients, its dw is the
+    # definition with x exact in bfloat16
+    x = _dropped(_pm1((12, 200)), p)                          # K off the word size
+    w = RNG.uniform(-1, 1, (200, 33)).astype(np.float32)
+    w[3, :4] = 0.0
+    b = RNG.standard_normal(33).astype(np.float32)
+    real = bf16.available()
+    with mock.patch.object(bf16, "available", lambda: real and not fallback):
+        out, cache = F.binary_dense_forward(x, w, b, backend="cpu")
+    want, ref_cache = F.binary_dense_forward(x, w, b, backend="float")
+    np.testing.assert_array_equal(out, want)
+    assert "prepared" not in cache and not ref_cache["x_bf16_exact"]
+    assert cache["x_bf16_exact"] == (real and not fallback)
+    exact = x.astype(np.float64) @ np.where(w >= 0, 1.0, -1.0)
+    np.testing.assert_array_equal(out, exact.astype(np.float32) + b)    # exact, then + b
+    d = (RNG.standard_normal(out.shape) * 1e-3).astype(np.float32)
+    dx, dw, db = F.binary_dense_backward(d, cache, grad_dtype="bfloat16")
+    _close(dx, reference.matmul_bf16(d, cache["w_b"].T))
+    if cache["x_bf16_exact"]:
+        _close(dw, x.T.astype(np.float64) @ bf16.round_bf16(d).astype(np.float64))
+    else:
+        np.testing.assert_array_equal(dw, x.T @ d)            # float32 weight gradient
+    np.testing.assert_array_equal(db, d.sum(axis=0))
+
+
 def test_float64_and_bad_names():
     x = _pm1((4, 10)).astype(np.float64)
     w = RNG.uniform(-1, 1, (10, 3))
