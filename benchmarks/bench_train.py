@@ -40,7 +40,10 @@ bandwidth.  On a CPU with AVX512-BF16 the MLP rows also time minibnn with
 ``--grad-dtype bfloat16`` (the bf16 columns; ``--no-bf16`` leaves them out).  The step
 is ``model.backward(g, input_grad=False)``, as ``minibnn train`` runs it (PyTorch's
 input needs no gradient either).  ``--peak-memory`` also reports each engine's peak RSS
-training the MLP (separate child processes).  Without PyTorch the mode says so and skips.
+training the MLP (separate child processes).  ``--dropout`` builds the MLPs of both engines
+with the paper's MNIST dropout (0.2 on the input, 0.5 after each sign): the step that
+``minibnn train --dropout-in 0.2 --dropout-hidden 0.5`` runs (its hidden layers' input is
+then 0 or +-2, with no packed form).  Without PyTorch the mode says so and skips.
 """
 
 import argparse
@@ -72,6 +75,19 @@ from _common import blas_info, median_time, settle, write_json  # noqa: E402
 from minibnn import losses, optim, zoo  # noqa: E402
 
 EPOCH_BATCHES = 600
+
+#: --vs-torch MLP kinds: the Dropout settings both engines build the MLP with
+#: (``--dropout``: the paper's MNIST recipe, 0.2 on the input, 0.5 after each sign)
+MLP_KINDS = {"mlp": dict(dropout_in=0.0, dropout_hidden=0.0),
+             "mlp_dropout": dict(dropout_in=0.2, dropout_hidden=0.5)}
+
+
+def _label(kind, hidden):
+    if kind not in MLP_KINDS:
+        return kind
+    d = MLP_KINDS[kind]
+    return f"mlp 3x{hidden}" + (f" dropout {d['dropout_in']}/{d['dropout_hidden']}"
+                                if d["dropout_hidden"] or d["dropout_in"] else "")
 
 
 def category(layer):
@@ -224,8 +240,9 @@ def _median_step(step, batches, steps, warmup=3):
 
 
 def minibnn_step_time(kind, hidden, steps, batch_size, seed=0, grad_dtype="float32"):
-    if kind == "mlp":
-        model = zoo.build("mnist_mlp", hidden=hidden, depth=3, backend="cpu", seed=seed)
+    if kind in MLP_KINDS:
+        model = zoo.build("mnist_mlp", hidden=hidden, depth=3, backend="cpu", seed=seed,
+                          **MLP_KINDS[kind])
         shape = (batch_size, 1, 28, 28)
     else:
         model = zoo.build(kind, backend="cpu", seed=seed)
@@ -247,8 +264,8 @@ def minibnn_step_time(kind, hidden, steps, batch_size, seed=0, grad_dtype="float
 
 def torch_step_time(torch, twins, kind, hidden, steps, batch_size, seed=0):
     torch.manual_seed(seed)
-    if kind == "mlp":
-        model = twins.mnist_mlp(hidden)
+    if kind in MLP_KINDS:
+        model = twins.mnist_mlp(hidden, **MLP_KINDS[kind])
         shape = (batch_size, 1, 28, 28)
     else:
         model = twins.convnet(width=0.5 if kind == "svhn_convnet" else 1.0)
@@ -325,7 +342,7 @@ def _step_child(engine, kind, hidden, steps, batch_size):
         res["step_s"] = minibnn_step_time(kind, hidden, steps, batch_size, grad_dtype="bfloat16")
     elif engine == "minibnn":
         res["step_s"] = minibnn_step_time(kind, hidden, steps, batch_size)
-        if kind == "mlp":
+        if kind in MLP_KINDS:
             settle()
             res["floor_s"], res["floor_gemm_s"], bw = floor_time(hidden, batch_size)
             res["copy_bandwidth_gbs"] = bw / 1e9
@@ -350,7 +367,8 @@ def main_vs_torch(args):
     info = dict(blas=blas_info())
     print("BLAS:", json.dumps(info["blas"]))
     rows = []
-    nets = [("mlp", h) for h in args.hidden] + [(a, None) for a in args.convnets]
+    mlp = "mlp_dropout" if args.dropout else "mlp"
+    nets = [(mlp, h) for h in args.hidden] + [(a, None) for a in args.convnets]
     from minibnn.kernels import bf16
     with_bf16 = args.bf16 and bf16.available()
     if args.bf16 and not with_bf16:
@@ -359,8 +377,8 @@ def main_vs_torch(args):
               f"{'floor ms':>9} {'vs floor':>9}"
               + (f" {'bf16 ms':>8} {'bf16 vs torch':>14}" if with_bf16 else ""))
     for kind, h in nets:
-        bs = 100 if kind == "mlp" else 50
-        steps = args.steps if kind == "mlp" else max(5, args.steps // 3)
+        bs = 100 if kind in MLP_KINDS else 50
+        steps = args.steps if kind in MLP_KINDS else max(5, args.steps // 3)
         common = [kind, str(h or 0), str(steps), str(bs)]
         ours = _child_json(["--_step-child", "minibnn", *common])
         torch_env = dict(os.environ)
@@ -374,11 +392,11 @@ def main_vs_torch(args):
             print(f"PyTorch {theirs['torch']}, {theirs['torch_threads']} threads; Numba "
                   f"{ours['numba_threads']} threads; each engine in its own child process")
             print(header)
-        row = dict(network=f"mlp 3x{h}" if kind == "mlp" else kind, batch_size=bs, steps=steps,
+        row = dict(network=_label(kind, h), batch_size=bs, steps=steps,
                    minibnn_s=ours["step_s"], torch_s=theirs["step_s"],
                    speedup=theirs["step_s"] / ours["step_s"])
         fl = ""
-        if kind == "mlp":
+        if kind in MLP_KINDS:
             row.update(floor_s=ours["floor_s"], floor_gemm_s=ours["floor_gemm_s"],
                        copy_bandwidth_gbs=ours["copy_bandwidth_gbs"],
                        vs_floor=ours["step_s"] / ours["floor_s"])
@@ -413,6 +431,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=30, help="--vs-torch: timed steps per MLP row")
     ap.add_argument("--convnets", nargs="*", default=["svhn_convnet", "cifar10_convnet"],
                     choices=["svhn_convnet", "cifar10_convnet"])
+    ap.add_argument("--dropout", action="store_true",
+                    help="--vs-torch: the MLPs with the paper's dropout (0.2 input, 0.5 hidden)")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false",
                     help="--vs-torch: leave out the MLP rows with --grad-dtype bfloat16")
     ap.add_argument("--peak-memory", type=int, nargs="*", default=None, metavar="H",

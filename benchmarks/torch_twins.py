@@ -85,10 +85,15 @@ class Sign(nn.Module):
         return SignSTE.apply(x)
 
 
-def mnist_mlp(hidden, depth=3):
+def mnist_mlp(hidden, depth=3, dropout_in=0.0, dropout_hidden=0.0):
+    """minibnn.zoo.mnist_mlp, Dropout layers at the same places when p > 0."""
     layers, n_in = [nn.Flatten()], 784
+    if dropout_in > 0:
+        layers.append(nn.Dropout(dropout_in))
     for _ in range(depth):
         layers += [BinaryLinear(n_in, hidden), nn.BatchNorm1d(hidden, eps=1e-4), Sign()]
+        if dropout_hidden > 0:
+            layers.append(nn.Dropout(dropout_hidden))
         n_in = hidden
     layers += [BinaryLinear(n_in, 10), nn.BatchNorm1d(10, eps=1e-4)]
     return nn.Sequential(*layers)
