@@ -329,8 +329,8 @@ def binary_dense_forward(x, w, b=None, binary_input=True, backend=None, prepared
             acc = kernels.xnor_gemm(kernels.pack(x), prepared, K, backend=kernel)
             out = acc.astype(dtype)
         cache["prepared"] = prepared
-    elif (binary_input and kernel is not None and wb.dtype == np.float32 and _dropped_pm1(x)
-          and bf16.available()):
+    elif (binary_input and kernel is not None and wb.dtype == np.float32 and bf16.available()
+          and _dropped_pm1(x)):
         # dropout between the sign and this layer: no bits to pack, but the same
         # product exactly, on the bfloat16 kernel (see _dropped_pm1)
         out = bf16.matmul(x, wb)

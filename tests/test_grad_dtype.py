@@ -59,9 +59,10 @@ def test_first_layer_keeps_float32_weight_gradient():
 
 
 def _dropped(x, p, seed=0):
-    """x after inverted dropout with drop probability p (float32)."""
-    keep = np.random.default_rng(seed).random(x.shape) >= p
-    return (x * keep / np.float32(1 - p)).astype(np.float32)
+    """x after the model's own inverted dropout (train mode) with drop probability p."""
+    out, _ = F.dropout_forward(x, p, "train", np.random.default_rng(seed))
+    assert out.dtype == np.float32
+    return out
 
 
 def test_dropped_pm1_is_recognised_only_when_exact_in_bfloat16():
